@@ -1,0 +1,131 @@
+"""posttrain <command> [RECIPE.yaml] [key.sub=value ...] [--out DIR] [--resume]
+
+Errors a user can cause (a bad recipe, a bad data row, a missing file) print one line
+naming the file, row or key and exit with status 2, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import __version__
+from .config import RECIPES, ConfigError, load_recipe
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+console = Console(stderr=True)
+log = logging.getLogger("posttrain")
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe path as given, or the name of one shipped with posttrain (tiny-sft)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = RECIPE_DIR / (name if name.endswith(".yaml") else name + ".yaml")
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(f.stem for f in RECIPE_DIR.glob("*.yaml")))
+    raise ConfigError(f"recipe file not found: {name} (shipped recipes: {known})")
+
+
+def _stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4")
+    p.add_argument("--out", help="output directory (default: the recipe's `out`)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posttrain", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"posttrain {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tiny-model", help="build the embedded tiny model offline")
+    p.add_argument("--out", required=True, help="directory to write the model and tokenizer to")
+    p.add_argument("--moe", action="store_true", help="the Qwen3-MoE variant")
+    p.add_argument("--seed", type=int, default=0)
+
+    _stage_args(sub.add_parser("sft", help="supervised fine-tuning"))
+
+    p = sub.add_parser("demo", help="the main job on the embedded tiny model")
+    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for the SFT recipe")
+    return parser
+
+
+def cmd_tiny_model(args) -> None:
+    from .models.tiny import build_tiny
+    path = build_tiny(args.out, moe=args.moe, seed=args.seed)
+    console.print(f"tiny {'MoE ' if args.moe else ''}model written to {path}")
+
+
+def cmd_sft(args) -> None:
+    from .train.sft import run_sft
+    recipe = load_recipe(RECIPES["sft"], find_recipe(args.recipe), args.overrides)
+    out = args.out or recipe.out
+    result = run_sft(recipe, out, resume=args.resume)
+    _summary("sft", out, result)
+
+
+def cmd_demo(args) -> None:
+    """For now: SFT of the tiny model on the built-in structured-output task."""
+    from .train.sft import run_sft
+    recipe = load_recipe(RECIPES["sft"], find_recipe("tiny-sft"), args.overrides)
+    out = Path(args.out)
+    result = run_sft(recipe, out / "sft")
+    _summary("demo: sft", out / "sft", result)
+
+
+def _summary(title: str, out, result) -> None:
+    from .train.metrics import read_metrics
+    rows = read_metrics(out)
+    evals = [r for r in rows if "eval/loss" in r]
+    table = Table(title=title)
+    table.add_column("step", justify="right")
+    table.add_column("train loss", justify="right")
+    table.add_column("held-out loss", justify="right")
+    shown = evals if evals else rows[-1:]
+    for r in shown:
+        tl = r.get("loss")
+        table.add_row(str(r["step"]), "-" if tl is None else f"{tl:.4f}",
+                      f"{r['eval/loss']:.4f}" if "eval/loss" in r else "-")
+    console.print(table)
+    console.print(f"outputs: {out}  (final model: {Path(out) / 'final'}, "
+                  f"metrics: {Path(out) / 'metrics.jsonl'})")
+
+
+COMMANDS = {"tiny-model": cmd_tiny_model, "sft": cmd_sft, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+    for noisy in ("transformers", "datasets", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .data.chat import TemplateError
+    from .data.sources import DataError
+    from .train.loop import TrainingError
+    try:
+        COMMANDS[args.command](args)
+    except (ConfigError, DataError, TemplateError, TrainingError, FileNotFoundError) as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; continue with --resume")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""Recipes: small typed dataclasses, one per concern, loaded from YAML with dotted overrides.
+
+    posttrain sft recipes/tiny-sft.yaml train.lr=3e-4 model.path=runs/tiny
+
+Every field carries a one-line doc (the string under it). Unknown keys and wrong types
+fail with a `ConfigError` naming the key and, for a misspelling, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe problem a user can fix; the message names the key and what to do."""
+
+
+# --------------------------------------------------------------------------- concerns
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:tiny"
+    """Hub name, local directory, or builtin:tiny / builtin:tiny-moe (built offline on first use)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype; auto = float32 on CPU (bf16 matmuls are very slow there), bfloat16 on CUDA."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
+    attn_implementation: str | None = None
+    """eager, sdpa, flash_attention_2; None lets transformers choose."""
+    trust_remote_code: bool = False
+    """Run modelling code shipped with a hub repo; off unless asked."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+
+
+@dataclass
+class AdapterConfig:
+    kind: Literal["none", "lora", "dora"] = "none"
+    """none = full fine-tuning; lora or dora through PEFT."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: float = 32.0
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter input."""
+    target_modules: Union[str, list[str]] = "all-linear"
+    """Module names to adapt, or all-linear (every linear layer but the LM head)."""
+
+
+@dataclass
+class SourceConfig:
+    kind: Literal["builtin", "jsonl", "json", "parquet", "hf"] = "builtin"
+    """Where examples come from: a built-in synthetic task or a file / HF dataset."""
+    path: str = "structured"
+    """builtin: task name (structured, arithmetic); otherwise a file or dataset path / hub name."""
+    split: str = "train"
+    """train or heldout for built-in tasks; the split name for HF datasets."""
+    n: int | None = None
+    """Number of examples (built-in: how many to generate; files: keep the first n)."""
+    weight: float = 1.0
+    """Mixing ratio relative to the other sources of the same list."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Map of example field -> column name: messages, prompt, completion, answer, meta, id."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra options for a built-in task (e.g. formats: [json, yaml], think: true)."""
+
+
+@dataclass
+class DataConfig:
+    train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    """Training sources, mixed by weight."""
+    eval: list[SourceConfig] = field(default_factory=list)
+    """Held-out sources for evaluation."""
+    max_length: int = 512
+    """Sequences are truncated to this many tokens."""
+    packing: bool = False
+    """Concatenate examples into max_length rows (attention kept within each example)."""
+    seed: int = 0
+    """Seed for generation, shuffling and mixing."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the cosine decay."""
+    min_lr_ratio: float = 0.0
+    """The cosine decays to lr * min_lr_ratio."""
+    max_steps: int = 100
+    """Optimizer steps in total."""
+    batch_size: int = 8
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this; None disables clipping."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision; auto = fp32 on CPU, bf16 autocast on CUDA."""
+    eval_every: int = 0
+    """Evaluate on the eval sources every N steps (0: only at the end)."""
+    save_every: int = 0
+    """Write a checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    log_every: int = 1
+    """Write a metrics line every N steps."""
+    max_bad_steps: int = 5
+    """Stop after this many NaN/inf losses in a row (each is skipped with a warning)."""
+    logprob_chunk: int = 1024
+    """Sequence chunk for per-token log-probs (the full B x T x V logits are never built)."""
+    seed: int = 0
+    """Seed for initialisation, dropout and data order."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class SFTRecipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to fine-tune."""
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    """Adapter (or none for full fine-tuning)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training and evaluation data."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and loop settings."""
+    out: str = "runs/sft"
+    """Output directory (checkpoints, metrics, final model)."""
+
+
+RECIPES: dict[str, type] = {"sft": SFTRecipe}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(cls: type, path: str | Path | None = None, overrides: list[str] = ()) -> Any:
+    """Read a YAML recipe (optional), apply `key.sub=value` overrides, build `cls`."""
+    raw: dict[str, Any] = {}
+    where = "recipe"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise ConfigError(f"recipe file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: a recipe is a mapping of sections, got {type(raw).__name__}")
+    for ov in overrides:
+        apply_override(raw, ov)
+    return from_dict(cls, raw, where=where)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set a dotted key in a nested dict: `train.lr=3e-4` (value parsed as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not key=value (e.g. train.lr=3e-4)")
+    key, _, text = override.partition("=")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, data: Any, where: str = "recipe", prefix: str = "") -> Any:
+    """Build dataclass `cls` from `data`, checking keys and types recursively."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix or 'top level'} should be a mapping, "
+                          f"got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key '{full}'{_suggest(key, fields, prefix)}")
+        kwargs[key] = _coerce(hints[key], value, where, full)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {e}") from None
+
+
+def _suggest(key: str, fields: dict, prefix: str) -> str:
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean '{prefix}{close[0]}'?"
+    return f"; valid keys: {', '.join(prefix + k for k in fields)}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
+    """Check `value` against annotation `tp` (converting int -> float, list -> tuple)."""
+    origin = get_origin(tp)
+    bad = ConfigError(f"{where}: '{key}' should be {_type_name(tp)}, got {value!r} "
+                      f"({type(value).__name__})")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where, key + ".")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise bad
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            try:
+                return _coerce(arg, value, where, key)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is None:
+            return None
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item,) = get_args(tp)
+        return [_coerce(item, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad
+        return tuple(_coerce(a, v, where, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        kt, vt = get_args(tp)
+        return {_coerce(kt, k, where, key): _coerce(vt, v, where, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise bad
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML-safe data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def save_recipe(obj: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Training: the shared loop, checkpoints, metrics and the stages built on it."""
