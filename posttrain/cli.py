@@ -108,7 +108,13 @@ COMMANDS = {"tiny-model": cmd_tiny_model, "sft": cmd_sft, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may come before or after --out: argparse leaves the late ones unparsed
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(a.startswith("-") for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
     for noisy in ("transformers", "datasets", "httpx", "urllib3"):

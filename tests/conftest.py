@@ -1,7 +1,10 @@
 """Shared fixtures: every test session builds the tiny model once, into its own cache."""
 import os
 
-import pytest
+# huggingface_hub reads this once, at import: set it before anything imports transformers
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -9,7 +12,6 @@ def _private_cache(tmp_path_factory):
     """builtin:tiny resolves into a per-session directory, never the user's ~/.cache."""
     old = os.environ.get("POSTTRAIN_CACHE")
     os.environ["POSTTRAIN_CACHE"] = str(tmp_path_factory.mktemp("posttrain-cache"))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     yield
     if old is None:
         os.environ.pop("POSTTRAIN_CACHE", None)

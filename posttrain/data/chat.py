@@ -45,7 +45,9 @@ def assistant_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
     for k, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = render(tokenizer, messages[:k], add_generation_prompt=True)
+        # transformers refuses to render an empty chat; a chat that opens with the assistant
+        # has nothing before its first turn
+        before = render(tokenizer, messages[:k], add_generation_prompt=True) if k else ""
         upto = render(tokenizer, messages[: k + 1]).rstrip()
         if not text.startswith(before) or not text.startswith(upto) or len(upto) < len(before):
             raise TemplateError(

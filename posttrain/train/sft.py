@@ -100,7 +100,7 @@ def run_sft(recipe: SFTRecipe, out_dir: str | Path | None = None, resume: bool =
     stream = BatchStream(units, tc.batch_size, lambda b: collate(b, pad_id), seed=tc.seed)
     eval_fn = None
     if dc.eval:
-        eval_items = tokenize_examples(tokenizer, load_sources(dc.eval, seed=dc.seed),
+        eval_items = tokenize_examples(tokenizer, load_sources(dc.eval, seed=dc.seed, key="data.eval"),
                                        dc.max_length, "data.eval")
         eval_fn = make_eval_fn(eval_items, pad_id, tc.batch_size, tc.logprob_chunk, device)
 
