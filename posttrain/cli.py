@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -84,6 +85,32 @@ def cmd_demo(args) -> None:
     out = Path(args.out)
     result = run_sft(recipe, out / "sft")
     _summary("demo: sft", out / "sft", result)
+    _show_samples(out / "sft" / "final", recipe)
+
+
+def _show_samples(model_dir: Path, recipe, n: int = 2) -> None:
+    """Greedy completions of the fine-tuned model on a few held-out prompts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data.chat import tokenize_prompt
+    from .data.sources import load_sources
+    if not recipe.data.eval:
+        return
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    table = Table(title="held-out samples (greedy)", show_lines=True)
+    table.add_column("prompt")
+    table.add_column("model")
+    table.add_column("reference")
+    for ex in load_sources(recipe.data.eval, seed=recipe.data.seed, key="data.eval")[:n]:
+        ids = torch.tensor([tokenize_prompt(tok, ex.prompt_messages)])
+        with torch.no_grad():
+            gen = model.generate(ids, max_new_tokens=160, do_sample=False)
+        table.add_row(ex.prompt_messages[-1]["content"],
+                      tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True),
+                      ex.completion or "")
+    console.print(table)
 
 
 def _summary(title: str, out, result) -> None:
@@ -124,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     from .train.loop import TrainingError
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, DataError, TemplateError, TrainingError, FileNotFoundError) as e:
-        console.print(f"[bold red]error:[/] {e}")
+    except (ConfigError, DataError, TemplateError, TrainingError, OSError) as e:
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted; continue with --resume")

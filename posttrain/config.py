@@ -164,8 +164,23 @@ def load_recipe(cls: type, path: str | Path | None = None, overrides: list[str] 
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: a recipe is a mapping of sections, got {type(raw).__name__}")
     for ov in overrides:
+        _check_override_key(cls, ov)
         apply_override(raw, ov)
     return from_dict(cls, raw, where=where)
+
+
+def _check_override_key(cls: type, override: str) -> None:
+    """Reject an override whose dotted key does not exist, naming the override itself."""
+    key = override.partition("=")[0].strip()
+    tp, prefix = cls, ""
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return  # inside a dict / list value: checked when the recipe is built
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        if part not in fields:
+            raise ConfigError(f"override {override!r}: unknown key '{prefix}{part}'"
+                              f"{_suggest(part, fields, prefix)}")
+        tp, prefix = typing.get_type_hints(tp)[part], f"{prefix}{part}."
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

@@ -16,7 +16,7 @@ def test_unknown_key_names_the_key_and_the_closest_valid_one(tmp_path):
     msg = str(e.value)
     assert "unknown key 'train.learning_rate'" in msg
     assert str(p) in msg
-    with pytest.raises(ConfigError, match=r"unknown key 'train.max_step'; did you mean 'train.max_steps'\?"):
+    with pytest.raises(ConfigError, match=r"override .train.max_step=3.: unknown key .train.max_step.; did you mean .train.max_steps.\?"):
         load_recipe(SFTRecipe, None, ["train.max_step=3"])
 
 
