@@ -9,7 +9,8 @@ Tasks (each registered in `TASKS`; options are keyword arguments):
 structured  "Convert these fields to JSON / YAML / CSV / TOML / XML". A record of 3-6
             typed fields (string, int, float with 2 decimals, ISO date, bool) is listed in
             the user turn, strings in double quotes, dates bare, dotted names for nested
-            fields; the reference reply is the payload itself, no code fence:
+            fields; the reference reply is the payload itself, no code fence, written by
+            posttrain.data.formats (see there for what each format guarantees):
               json  json.dumps(indent=2); dates as "YYYY-MM-DD" strings
               yaml  block style via PyYAML; dates bare (YYYY-MM-DD); strings quoted where
                     a YAML 1.1 or 1.2 reader would take them for something else ("02139",
@@ -47,24 +48,18 @@ sources that differ only in options draw different items.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
-import io
 import json
-import math
 import random
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
-from xml.sax.saxutils import escape as xml_escape
-
-import yaml
 
 from posttrain.data.example import Example
+from posttrain.data.formats import FORMATS, SERIALIZERS, _jsonable, _text, record_paths
+from posttrain.data.formats import to_csv, to_json, to_toml, to_xml, to_yaml  # noqa: F401
 
 SPLITS = ("train", "heldout")
-FORMATS = ("json", "yaml", "csv", "toml", "xml")
 
 
 # --------------------------------------------------------------------------- registry
@@ -228,147 +223,10 @@ def _pick(rng: random.Random, d: dict[str, Any]) -> dict[str, Any]:
     return {k: d[k] for k in keys}
 
 
-# --------------------------------------------------------------------------- serializers
-
-
-def _jsonable(v: Any) -> Any:
-    """Dates -> ISO strings, recursively; everything else is already JSON-compatible."""
-    if isinstance(v, dt.date):
-        return v.isoformat()
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-def _text(v: Any) -> str:
-    """A scalar as plain text (CSV cells, XML element text)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return ""
-    if isinstance(v, dt.date):
-        return v.isoformat()
-    if isinstance(v, float):
-        return repr(v)
-    return str(v)
-
-
-# A string a YAML 1.2 reader would take for a number (PyYAML, a 1.1 reader, would not
-# always, so it leaves e.g. 02139 unquoted).
-_NUMBERISH = re.compile(r"[-+]?(\.?[0-9]|0[xob])[0-9a-fA-F_.:eE+-]*")
-
-
-class _YamlDumper(yaml.SafeDumper):
-    pass
-
-
-def _yaml_str(dumper, s: str):
-    # Double quotes also for control and line-break characters (\x85, \u2028): PyYAML's
-    # plain and single-quoted styles do not always read those back unchanged.
-    style = '"' if _NUMBERISH.fullmatch(s) or not s.isprintable() else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", s, style=style)
-
-
-_YamlDumper.add_representer(str, _yaml_str)
-
-
-def to_yaml(record: dict[str, Any]) -> str:
-    return yaml.dump(record, Dumper=_YamlDumper, sort_keys=False, allow_unicode=True,
-                     default_flow_style=False, width=10**6).rstrip("\n")
-
-
-def to_json(record: dict[str, Any]) -> str:
-    return json.dumps(_jsonable(record), indent=2, ensure_ascii=False)
-
-
-def _toml_key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_str(k)
-
-
-_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
-                 "\r": "\\r", **{chr(c): f"\\u{c:04X}" for c in [*range(0x20), 0x7F]
-                                 if chr(c) not in "\b\t\n\f\r"}}
-
-
-def _toml_str(s: str) -> str:
-    """A TOML basic string: quote, backslash and control characters escaped."""
-    return '"' + s.translate(str.maketrans(_TOML_ESCAPES)) + '"'
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):  # before int: bool is an int subclass
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)  # always has a "." or an exponent, both valid TOML floats
-    if isinstance(v, (dt.datetime, dt.date)):
-        return v.isoformat()
-    if isinstance(v, str):
-        return _toml_str(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise ValueError(f"TOML cannot represent {type(v).__name__} ({v!r})")
-
-
-def to_toml(record: dict[str, Any], _prefix: tuple[str, ...] = ()) -> str:
-    """TOML for a mapping: its non-table keys first (TOML requires it), then [tables]."""
-    lines, tables = [], []
-    for k, v in record.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-    for k, v in tables:
-        path = (*_prefix, k)
-        if lines:
-            lines.append("")
-        lines.append("[" + ".".join(_toml_key(p) for p in path) + "]")
-        body = to_toml(v, path)
-        if body:
-            lines.append(body)
-    return "\n".join(lines)
-
-
-def to_csv(record: dict[str, Any]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(list(record))
-    w.writerow([_text(v) for v in record.values()])
-    return buf.getvalue().rstrip("\n")
-
-
-def to_xml(record: dict[str, Any], root: str = "record") -> str:
-    """<root> with one child element per key; lists become repeated <item> children."""
-    def emit(tag: str, v: Any, depth: int) -> list[str]:
-        pad = "  " * depth
-        if isinstance(v, dict):
-            inner = [ln for k, x in v.items() for ln in emit(k, x, depth + 1)]
-            return [f"{pad}<{tag}>", *inner, f"{pad}</{tag}>"]
-        if isinstance(v, list):
-            inner = [ln for x in v for ln in emit("item", x, depth + 1)]
-            return [f"{pad}<{tag}>", *inner, f"{pad}</{tag}>"]
-        return [f"{pad}<{tag}>{xml_escape(_text(v))}</{tag}>"]
-    return "\n".join(emit(root, record, 0))
-
-
-SERIALIZERS: dict[str, Callable[[dict[str, Any]], str]] = {
-    "json": to_json, "yaml": to_yaml, "csv": to_csv, "toml": to_toml, "xml": to_xml,
-}
-_FORMAT_NAMES = {"json": "JSON", "yaml": "YAML", "csv": "CSV", "toml": "TOML", "xml": "XML"}
-_FLAT_ONLY = {"csv", "xml"}
-
-
 # --------------------------------------------------------------------------- structured
 
+_FORMAT_NAMES = {"json": "JSON", "yaml": "YAML", "csv": "CSV", "toml": "TOML", "xml": "XML"}
+_FLAT_ONLY = {"csv", "xml"}
 
 # Checked in order: bool before int (bool is an int subclass).
 _TYPE_NAMES = [(bool, "bool"), (int, "int"), (float, "float"), (dt.date, "date"),
@@ -377,24 +235,6 @@ _TYPE_NAMES = [(bool, "bool"), (int, "int"), (float, "float"), (dt.date, "date")
 
 def _type_of(v: Any) -> str:
     return next(name for tp, name in _TYPE_NAMES if isinstance(v, tp))
-
-
-def record_paths(record: dict[str, Any]) -> dict[str, Any]:
-    """Every path in a record -> its value: "a", "a.b", "tags", "tags[0]" (containers too)."""
-    out: dict[str, Any] = {}
-
-    def walk(path: str, v: Any) -> None:
-        out[path] = v
-        if isinstance(v, dict):
-            for k, x in v.items():
-                walk(f"{path}.{k}", x)
-        elif isinstance(v, list):
-            for i, x in enumerate(v):
-                walk(f"{path}[{i}]", x)
-
-    for k, v in record.items():
-        walk(k, v)
-    return out
 
 
 def _literal(v: Any) -> str:

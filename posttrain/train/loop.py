@@ -184,7 +184,7 @@ def train_loop(
         baseline = {"step": 0, **{f"eval/{k}": v for k, v in _evaluate(model, eval_fn).items()}}
         sink.write(baseline)
         history.append(baseline)
-    with Progress(description, cfg.max_steps, start=step, enabled=cfg.progress) as bar:
+    with sink, Progress(description, cfg.max_steps, start=step, enabled=cfg.progress) as bar:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             micro = [stream.next() for _ in range(cfg.grad_accum)]
@@ -199,8 +199,9 @@ def train_loop(
                     break
                 loss.backward()
                 total_loss += loss.item()
-                for k, v in m.items():
-                    metrics[k] = metrics.get(k, 0.0) + float(v) / len(micro)
+                for k, v in m.items():  # counts (num_*) add up over micro-batches; the rest average
+                    share = 1.0 if k.startswith("num_") else 1.0 / len(micro)
+                    metrics[k] = metrics.get(k, 0.0) + float(v) * share
             grad_norm = None
             if finite:
                 limit = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
@@ -222,8 +223,11 @@ def train_loop(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             last_loss = total_loss
+            elapsed = time.perf_counter() - t0
             record = {"step": step, "loss": total_loss, "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": grad_norm, "step_time": time.perf_counter() - t0, **metrics}
+                      "grad_norm": grad_norm, "step_time": elapsed, **metrics}
+            if "num_tokens" in metrics:
+                record["tokens_per_s"] = metrics["num_tokens"] / elapsed
             if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 \
                     and step < cfg.max_steps:
                 record.update({f"eval/{k}": v for k, v in _evaluate(model, eval_fn).items()})
@@ -239,7 +243,6 @@ def train_loop(
                 checkpoint()
             if on_step is not None:
                 on_step(step, record)
-    sink.close()
     return LoopResult(step=step, last_loss=last_loss, history=history, eval_metrics=eval_metrics)
 
 

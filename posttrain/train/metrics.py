@@ -43,6 +43,12 @@ class MetricsSink:
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
                     self.tb.add_scalar(k, v, record["step"])
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self) -> None:
         self.file.close()
         if self.tb is not None:

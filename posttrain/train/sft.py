@@ -40,7 +40,7 @@ def sft_loss(model, batch: dict, denom: float, chunk_size: int = 1024):
         with_entropy=False)
     mask = target != IGNORE  # (B, T)
     loss = -(logp * mask).sum() / denom
-    return loss, {"tokens": float(mask.sum())}
+    return loss, {"num_tokens": float(mask.sum())}
 
 
 def loss_tokens(batch: dict) -> float:
@@ -74,7 +74,7 @@ def make_eval_fn(items: list[Tokenized], pad_id: int, batch_size: int, chunk_siz
             batch = {k: v.to(device) for k, v in collate(items[i:i + batch_size], pad_id).items()}
             loss, m = sft_loss(model, batch, 1.0, chunk_size)
             nll += float(loss)
-            n += m["tokens"]
+            n += m["num_tokens"]
         mean = nll / max(n, 1.0)
         return {"loss": mean, "ppl": float(torch.tensor(mean).exp())}
     return evaluate
