@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -320,3 +321,26 @@ def to_dict(obj: Any) -> Any:
 
 def save_recipe(obj: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def recipe_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two recipe dicts."""
+    keys = sorted(set(old) | set(new))
+    changed = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += recipe_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            changed.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return changed
+
+
+def warn_if_recipe_changed(recipe: Any, saved: Path) -> None:
+    """On --resume, say which settings differ from the run being continued."""
+    if not saved.is_file():
+        return
+    changed = recipe_changes(yaml.safe_load(saved.read_text()) or {}, to_dict(recipe))
+    if changed:
+        logging.getLogger("posttrain").warning(
+            "--resume with a recipe that differs from %s: %s", saved, "; ".join(changed))

@@ -73,3 +73,11 @@ def test_malformed_files_and_overrides(tmp_path):
         load_recipe(SFTRecipe, write(tmp_path, "train: 3\n"))
     with pytest.raises(ConfigError, match="is not key=value"):
         apply_override({}, "train.lr")
+
+
+def test_recipe_changes_lists_dotted_keys():
+    from posttrain.config import recipe_changes, to_dict
+    a = to_dict(load_recipe(SFTRecipe, None, ["train.lr=1e-3"]))
+    b = to_dict(load_recipe(SFTRecipe, None, ["train.lr=2e-3", "adapter.kind=lora"]))
+    assert recipe_changes(a, b) == ["adapter.kind: 'none' -> 'lora'", "train.lr: 0.001 -> 0.002"]
+    assert recipe_changes(a, a) == []

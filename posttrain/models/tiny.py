@@ -17,6 +17,7 @@ tokens. Digits are split one per token (as Qwen does) so arithmetic sees each di
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -299,6 +300,16 @@ BUILTINS: dict[str, tuple[str, bool]] = {
 }
 
 
+def _source_fingerprint() -> str:
+    """Hash of the sources a build depends on (this file, the tasks and their serializers),
+    so that changing the corpus or the architecture never reuses a stale cached model."""
+    from posttrain.data import formats, tasks
+    h = hashlib.sha256()
+    for mod_file in (__file__, tasks.__file__, formats.__file__):
+        h.update(Path(mod_file).read_bytes())
+    return h.hexdigest()[:10]
+
+
 def cache_dir() -> Path:
     """Where built-in models are cached: $POSTTRAIN_CACHE, else ~/.cache/posttrain."""
     return Path(os.environ.get("POSTTRAIN_CACHE") or "~/.cache/posttrain").expanduser()
@@ -317,7 +328,7 @@ def resolve_builtin(path: str) -> str:
         known = ", ".join(f"builtin:{k}" for k in BUILTINS)
         raise ConfigError(f"model.path: unknown built-in model {path!r}; known: {known}")
     subdir, moe = BUILTINS[name]
-    out = cache_dir() / subdir
+    out = cache_dir() / f"{subdir}-{_source_fingerprint()}"
     if not out.is_dir():
         build_tiny(out, moe=moe, seed=0, corpus=None, overwrite=False)
     return str(out)

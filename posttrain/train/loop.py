@@ -94,6 +94,11 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over trainable parameters; biases and norm weights (1-D) get no weight decay."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    low = sorted({str(p.dtype) for _, p in named if p.dtype in (torch.bfloat16, torch.float16)})
+    if low:
+        log.warning("training %s weights directly: AdamW updates smaller than the weights' "
+                    "precision are lost. For full fine-tuning prefer model.dtype=float32 with "
+                    "train.precision=bf16 (fp32 master weights, bf16 compute)", "/".join(low))
     decay = [p for n, p in named if p.ndim >= 2]
     no_decay = [p for n, p in named if p.ndim < 2]
     groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
@@ -181,7 +186,8 @@ def train_loop(
     last_loss = None
     eval_metrics: dict[str, float] = {}
     if eval_fn is not None and step == 0:  # the baseline every later evaluation is read against
-        baseline = {"step": 0, **{f"eval/{k}": v for k, v in _evaluate(model, eval_fn).items()}}
+        baseline = {"step": 0, "loss": None, "lr": scheduler.get_last_lr()[0],
+                    **{f"eval/{k}": v for k, v in _evaluate(model, eval_fn).items()}}
         sink.write(baseline)
         history.append(baseline)
     with sink, Progress(description, cfg.max_steps, start=step, enabled=cfg.progress) as bar:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import SFTRecipe, save_recipe
+from ..config import SFTRecipe, save_recipe, warn_if_recipe_changed
 from ..data.chat import IGNORE, Tokenized, collate, pack, tokenize_chat
 from ..data.example import Example
 from ..data.sources import load_sources
@@ -84,6 +84,8 @@ def run_sft(recipe: SFTRecipe, out_dir: str | Path | None = None, resume: bool =
             on_step=None) -> LoopResult:
     out = Path(out_dir or recipe.out)
     out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        warn_if_recipe_changed(recipe, out / "recipe.yaml")
     save_recipe(recipe, out / "recipe.yaml")
     tc, dc = recipe.train, recipe.data
     seed_everything(tc.seed)

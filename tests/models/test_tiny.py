@@ -80,13 +80,14 @@ def test_publish_tolerates_losing_a_race(tmp_path):
     assert (out / "winner").exists() and not tmp.exists()
 
 
-def test_resolve_builtin_caches_under_version_tag(monkeypatch, tmp_path):
+def test_resolve_builtin_caches_under_version_tag_and_source_hash(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path))
     monkeypatch.setattr(tiny, "default_corpus",
                         lambda: calls.append(1) or ["tiny corpus 1 2 3"] * 3)
     first = resolve_builtin("builtin:tiny")
-    assert first == str(tmp_path / "tiny-v1")
+    assert first == str(tmp_path / f"tiny-v1-{tiny._source_fingerprint()}")
+    assert len(tiny._source_fingerprint()) == 10
     assert resolve_builtin("builtin:tiny") == first and len(calls) == 1  # built once
     assert resolve_builtin("Qwen/Qwen3-4B-Instruct-2507") == "Qwen/Qwen3-4B-Instruct-2507"
     with pytest.raises(ValueError, match="builtin:tiny, builtin:tiny-moe"):

@@ -22,18 +22,24 @@ def recipe(*overrides):
     return load_recipe(SFTRecipe, None, base + list(overrides))
 
 
+@pytest.fixture(scope="module")
+def full_sft(tmp_path_factory):
+    """25 steps of full fine-tuning on the structured task (the warm start the adapters reuse)."""
+    out = tmp_path_factory.mktemp("full-sft")
+    run_sft(recipe("train.max_steps=25", "train.lr=3e-3", "train.warmup_steps=3"), out)
+    return out
+
+
 @pytest.mark.slow
-def test_sft_lowers_heldout_loss_and_saves_a_loadable_model(tmp_path):
-    r = recipe("train.max_steps=25", "train.lr=3e-3", "train.warmup_steps=3")
-    run_sft(r, tmp_path)
-    rows = read_metrics(tmp_path)
+def test_sft_lowers_heldout_loss_and_saves_a_loadable_model(full_sft):
+    rows = read_metrics(full_sft)
     before = rows[0]["eval/loss"]
     after = rows[-1]["eval/loss"]
     assert rows[0]["step"] == 0 and rows[-1]["step"] == 25
     assert after < before - 2.5, (before, after)   # ~6.9 nats/token (uniform over 1024) to < 4.4
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    model = AutoModelForCausalLM.from_pretrained(full_sft / "final")
     assert model.config.model_type == "qwen3"
-    saved = (tmp_path / "recipe.yaml").read_text()
+    saved = (full_sft / "recipe.yaml").read_text()
     assert "max_steps: 25" in saved
 
 
@@ -109,3 +115,23 @@ def test_cli_reports_a_bad_recipe_key(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "override 'train.bacth_size=4': unknown key 'train.bacth_size'; did you mean 'train.batch_size'?" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_adapter_sft_learns_a_new_task_and_saves_only_the_adapter(full_sft, tmp_path, kind):
+    """On the warm-started model (a random-init model's frozen 0.02-scale embeddings cap its
+    logits, so adapters alone barely move it), an adapter learns the arithmetic task."""
+    r = recipe(f"model.path={full_sft / 'final'}", f"adapter.kind={kind}", "adapter.r=8",
+               "adapter.alpha=16", "train.max_steps=20", "train.lr=2e-2",
+               "data.train=[{kind: builtin, path: arithmetic, n: 256}]",
+               "data.eval=[{kind: builtin, path: arithmetic, split: heldout, n: 16}]")
+    res = run_sft(r, tmp_path)
+    before, after = res.history[0]["eval/loss"], res.history[-1]["eval/loss"]
+    assert after < before - 0.3, (before, after)   # measured: 5.34 -> 4.82 (lora), 4.84 (dora)
+    final = tmp_path / "final"
+    assert json.loads((final / "adapter_config.json").read_text())["use_dora"] is (kind == "dora")
+    from safetensors import safe_open
+    with safe_open(str(final / "adapter_model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert names and all("lora_" in n for n in names), names[:5]
