@@ -114,7 +114,10 @@ def _show_samples(model_dir: Path, recipe, n: int = 2) -> None:
 
 
 def _summary(title: str, out, result) -> None:
+    from .train import dist
     from .train.metrics import read_metrics
+    if not dist.is_main():
+        return
     rows = read_metrics(out)
     evals = [r for r in rows if "eval/loss" in r]
     table = Table(title=title)
@@ -157,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted; continue with --resume")
         return 130
+    finally:
+        import torch.distributed
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -4,7 +4,7 @@
         trainable.safetensors   trainable parameters (all weights, or only the adapter's)
         optimizer.pt            AdamW state
         scheduler.pt            LR scheduler state
-        rng.pt                  python / torch CPU / CUDA RNG states
+        rng-R.pt                python / torch CPU / CUDA RNG states of rank R
         state.json              step, data position, bad-step counter
 
 A checkpoint is written into a hidden temporary directory and renamed into place, so a
@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import dist
+
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -40,27 +42,38 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict,
                     keep: int = 2) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
+    """Write checkpoint `step` atomically; under torch.distributed every rank must call it.
+
+    Rank 0 writes the (identical on every rank) weights and optimizer state; every rank
+    adds its own RNG state, so dropout streams resume exactly on each of them.
+    """
+    rank, world = dist.world()
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    tmp = root / f".tmp-step-{step:06d}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "world_size": world}, indent=2))
+    dist.barrier()
     rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    torch.save(rng, tmp / f"rng-{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
     return final
 
 
@@ -93,9 +106,15 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
             params[name].copy_(t)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)
+    state = json.loads((path / "state.json").read_text())
+    rank, world = dist.world()
+    if state.get("world_size", 1) != world:
+        raise ValueError(f"checkpoint {path} was written by {state.get('world_size', 1)} "
+                         f"processes, this run has {world}: the data order and RNG streams "
+                         "would not continue exactly; resume with the same number of processes")
+    rng = torch.load(path / f"rng-{rank}.pt", weights_only=False)
     random.setstate(rng["python"])
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text())
+    return state

@@ -28,8 +28,9 @@ from typing import Any, Callable, Iterable
 import torch
 
 from ..config import TrainConfig
+from . import dist
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .metrics import MetricsSink, Progress
+from .metrics import MetricsSink, NullSink, Progress
 
 log = logging.getLogger("posttrain")
 
@@ -50,11 +51,14 @@ class BatchStream:
     """
 
     def __init__(self, items: list, batch_size: int, collate: Callable[[list], Batch],
-                 seed: int = 0, shuffle: bool = True):
+                 seed: int = 0, shuffle: bool = True, shard: tuple[int, int] | None = None):
         if not items:
             raise ValueError("no training examples: check the data sources")
         self.items, self.batch_size, self.collate = items, batch_size, collate
         self.seed, self.shuffle = seed, shuffle
+        # (rank, world): every rank walks the same global order and keeps its slice of
+        # each global micro-batch of batch_size x world items
+        self.rank, self.world = shard if shard is not None else dist.world()
         self.epoch, self.index = 0, 0
         self._order = self._permutation()
 
@@ -66,14 +70,15 @@ class BatchStream:
 
     def next(self) -> Batch:
         chosen = []
-        while len(chosen) < self.batch_size:
+        need = self.batch_size * self.world
+        while len(chosen) < need:
             if self.index >= len(self._order):
                 self.epoch, self.index = self.epoch + 1, 0
                 self._order = self._permutation()
-            take = self._order[self.index:self.index + self.batch_size - len(chosen)]
+            take = self._order[self.index:self.index + need - len(chosen)]
             chosen += [self.items[i] for i in take]
             self.index += len(take)
-        return self.collate(chosen)
+        return self.collate(chosen[self.rank * self.batch_size:(self.rank + 1) * self.batch_size])
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
@@ -172,7 +177,9 @@ def train_loop(
             step, bad_in_row = state["step"], state["bad_in_row"]
             stream.load_state_dict(state["data"])
             log.info("resumed from %s (step %d)", ckpt, step)
-    sink = MetricsSink(out, truncate_after=step if resume else 0)
+    main = dist.is_main()
+    world = dist.world()[1]
+    sink = MetricsSink(out, truncate_after=step if resume else 0) if main else NullSink()
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_root, step, model, optimizer, scheduler,
@@ -190,11 +197,12 @@ def train_loop(
                     **{f"eval/{k}": v for k, v in _evaluate(model, eval_fn).items()}}
         sink.write(baseline)
         history.append(baseline)
-    with sink, Progress(description, cfg.max_steps, start=step, enabled=cfg.progress) as bar:
+    with sink, Progress(description, cfg.max_steps, start=step,
+                        enabled=cfg.progress and main) as bar:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             micro = [stream.next() for _ in range(cfg.grad_accum)]
-            denom = float(sum(weight_fn(b) for b in micro))
+            denom = dist.sum_scalar(sum(weight_fn(b) for b in micro), device)  # all ranks
             total_loss, metrics, finite = 0.0, {}, True
             for batch in micro:
                 batch = _to_device(batch, device)
@@ -209,7 +217,9 @@ def train_loop(
                     share = 1.0 if k.startswith("num_") else 1.0 / len(micro)
                     metrics[k] = metrics.get(k, 0.0) + float(v) * share
             grad_norm = None
+            finite = dist.sum_scalar(0.0 if finite else 1.0, device) == 0  # skip on every rank
             if finite:
+                dist.sum_gradients(params)
                 limit = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
                 finite = math.isfinite(grad_norm)
@@ -228,6 +238,9 @@ def train_loop(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            total_loss = dist.sum_scalar(total_loss, device)  # each rank held its share
+            metrics = {k: dist.sum_scalar(v, device) / (1 if k.startswith("num_") else world)
+                       for k, v in metrics.items()}
             last_loss = total_loss
             elapsed = time.perf_counter() - t0
             record = {"step": step, "loss": total_loss, "lr": scheduler.get_last_lr()[0],

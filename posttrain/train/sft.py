@@ -19,6 +19,7 @@ from ..data.example import Example
 from ..data.sources import load_sources
 from ..models.load import count_parameters, load_model_and_tokenizer
 from ..models.logprobs import model_token_logprobs
+from . import dist
 from .loop import BatchStream, LoopResult, seed_everything, train_loop
 
 log = logging.getLogger("posttrain")
@@ -84,10 +85,14 @@ def run_sft(recipe: SFTRecipe, out_dir: str | Path | None = None, resume: bool =
             on_step=None) -> LoopResult:
     out = Path(out_dir or recipe.out)
     out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        warn_if_recipe_changed(recipe, out / "recipe.yaml")
-    save_recipe(recipe, out / "recipe.yaml")
+    dist.init_from_env()
+    if dist.is_main():
+        if resume:
+            warn_if_recipe_changed(recipe, out / "recipe.yaml")
+        save_recipe(recipe, out / "recipe.yaml")
     tc, dc = recipe.train, recipe.data
+    if dist.local_device():  # under torchrun on GPUs: one device per process
+        recipe.model.device = dist.local_device()
     seed_everything(tc.seed)
     model, tokenizer = load_model_and_tokenizer(recipe.model, recipe.adapter)
     device = next(model.parameters()).device
@@ -112,7 +117,9 @@ def run_sft(recipe: SFTRecipe, out_dir: str | Path | None = None, resume: bool =
         weight_fn=loss_tokens, eval_fn=eval_fn, resume=resume, on_step=on_step,
         description="sft")
     log.info("sft: %d steps in %.1fs", result.step, time.perf_counter() - t0)
-    final = out / "final"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    if dist.is_main():
+        final = out / "final"
+        model.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+    dist.barrier()
     return result
