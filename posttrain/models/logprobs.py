@@ -37,9 +37,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from posttrain.config import ConfigError
+
 # Rows of the LM-head weight upcast to fp32 at a time when the weight is bf16/fp16, so a
 # full fp32 copy of a (V, H) weight (1.5 GB for Qwen3-4B's head) is never made.
 _VOCAB_BLOCK = 16384
+
+
+class UnsupportedModelError(ConfigError):
+    """The model has a head this path cannot compute exactly; the message says what to change."""
 
 
 def _head_logits(hc: Tensor, weight: Tensor, bias: Tensor | None, temperature: float, out: Tensor) -> Tensor:
@@ -223,7 +229,7 @@ def _unwrap_causal_lm(model: nn.Module) -> nn.Module:
     if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
         cfg = model.peft_config.get(getattr(model, "active_adapter", "default"))
         if cfg is not None and getattr(cfg, "is_prompt_learning", False):
-            raise NotImplementedError(
+            raise UnsupportedModelError(
                 "model_token_logprobs runs the backbone directly, which skips PEFT prompt-learning "
                 "adapters (prefix/prompt tuning); use LoRA-style adapters instead"
             )
@@ -239,13 +245,13 @@ def _lm_head(model: nn.Module) -> tuple[Tensor, Tensor | None, float]:
     # A PEFT adapter on lm_head itself (e.g. LoRA with target_modules including lm_head)
     # exposes the frozen base weight as .weight; using it would silently drop the adapter.
     if hasattr(head, "base_layer") and not (getattr(head, "merged", False) or getattr(head, "disable_adapters", False)):
-        raise NotImplementedError(
+        raise UnsupportedModelError(
             "the LM head carries an unmerged PEFT adapter; leave lm_head out of target_modules "
             "(modules_to_save is fine) or merge the adapter first"
         )
     cfg = getattr(model, "config", None)
     if getattr(cfg, "final_logit_softcapping", None):
-        raise NotImplementedError("final_logit_softcapping (Gemma-2 style) is not supported by chunked log-probs")
+        raise UnsupportedModelError("final_logit_softcapping (Gemma-2 style) is not supported by chunked log-probs")
     # Heads that rescale logits: Cohere multiplies by logit_scale, Granite divides by logits_scaling.
     scale = float(getattr(cfg, "logit_scale", None) or 1.0) / float(getattr(cfg, "logits_scaling", None) or 1.0)
     return head.weight, getattr(head, "bias", None), scale

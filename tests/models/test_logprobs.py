@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from posttrain.models import logprobs as lp_mod
-from posttrain.models.logprobs import model_token_logprobs, token_logprobs
+from posttrain.models.logprobs import UnsupportedModelError, model_token_logprobs, token_logprobs
 
 IGNORE = -100
 
@@ -291,5 +291,5 @@ def test_lora_on_lm_head_is_refused():
     cfg = Qwen3Config(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                       num_key_value_heads=1, head_dim=8, intermediate_size=32)
     model = get_peft_model(Qwen3ForCausalLM(cfg), LoraConfig(r=2, target_modules=["lm_head"]))
-    with pytest.raises(NotImplementedError, match="unmerged PEFT adapter"):
+    with pytest.raises(UnsupportedModelError, match="unmerged PEFT adapter"):
         model_token_logprobs(model, torch.randint(0, 50, (1, 4)))
