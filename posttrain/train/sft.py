@@ -17,7 +17,7 @@ from ..config import SFTRecipe, save_recipe, warn_if_recipe_changed
 from ..data.chat import IGNORE, Tokenized, collate, pack, tokenize_chat
 from ..data.example import Example
 from ..data.sources import load_sources
-from ..models.load import count_parameters, load_model_and_tokenizer
+from ..models.load import count_parameters, load_model, load_tokenizer
 from ..models.logprobs import model_token_logprobs
 from . import dist
 from .loop import BatchStream, LoopResult, seed_everything, train_loop
@@ -94,22 +94,22 @@ def run_sft(recipe: SFTRecipe, out_dir: str | Path | None = None, resume: bool =
     if dist.local_device():  # under torchrun on GPUs: one device per process
         recipe.model.device = dist.local_device()
     seed_everything(tc.seed)
-    model, tokenizer = load_model_and_tokenizer(recipe.model, recipe.adapter)
+    # data first: a bad row should fail before a multi-GB model is loaded
+    tokenizer = load_tokenizer(recipe.model)
+    pad_id = tokenizer.pad_token_id
+    train_items = tokenize_examples(tokenizer, load_sources(dc.train, seed=dc.seed),
+                                    dc.max_length, "data.train")
+    eval_items = (tokenize_examples(tokenizer, load_sources(dc.eval, seed=dc.seed, key="data.eval"),
+                                    dc.max_length, "data.eval") if dc.eval else None)
+    model = load_model(recipe.model, recipe.adapter)
     device = next(model.parameters()).device
     trainable, total = count_parameters(model)
     log.info("model %s: %s trainable of %s parameters", recipe.model.path, f"{trainable:,}",
              f"{total:,}")
-    pad_id = tokenizer.pad_token_id
-
-    train_items = tokenize_examples(tokenizer, load_sources(dc.train, seed=dc.seed),
-                                    dc.max_length, "data.train")
     units = pack(train_items, dc.max_length) if dc.packing else train_items
     stream = BatchStream(units, tc.batch_size, lambda b: collate(b, pad_id), seed=tc.seed)
-    eval_fn = None
-    if dc.eval:
-        eval_items = tokenize_examples(tokenizer, load_sources(dc.eval, seed=dc.seed, key="data.eval"),
-                                       dc.max_length, "data.eval")
-        eval_fn = make_eval_fn(eval_items, pad_id, tc.batch_size, tc.logprob_chunk, device)
+    eval_fn = (make_eval_fn(eval_items, pad_id, tc.batch_size, tc.logprob_chunk, device)
+               if eval_items else None)
 
     t0 = time.perf_counter()
     result = train_loop(
