@@ -1,0 +1,34 @@
+"""RLVR policy objectives: pure functions on tensors, one registry per axis.
+
+    from posttrain.objectives import policy_loss, POLICY_LOSSES
+    out = policy_loss("gspo", logp, old_logp, advantages, mask)
+    out.loss, out.metrics
+
+Axes (each a `posttrain.registry.Registry`):
+
+    SURROGATES       per-token surrogate: clip, sapo, cispo, reinforce       (policy.py)
+    RATIOS           ratio level: token, sequence, sequence_token            (ratio.py)
+    AGGREGATIONS     token-mean, seq-mean-token-mean, seq-mean-token-sum,
+                     constant                                                (aggregate.py)
+    KL_ESTIMATORS    k1, k2, k3                                              (kl.py)
+    MISMATCH_MODES   none, token, token_truncate, token_mask,
+                     sequence_truncate, sequence_mask                        (ratio.py)
+    POLICY_LOSSES    the named objectives: declarations over the axes        (policy.py)
+
+`python -m posttrain.objectives.docs` rewrites the objectives section of docs/objectives.md
+from these registries (a test checks it is current).
+"""
+
+from .aggregate import AGGREGATIONS, aggregate
+from .kl import KL_ESTIMATORS, kl_estimate
+from .loss import MODIFIERS, LossOut, objective_normalisers, objective_params, policy_loss
+from .masks import entropy_mask, entropy_threshold
+from .policy import POLICY_LOSSES, SURROGATES, PolicyObjective, Surrogate, register_objective
+from .ratio import MISMATCH_MODES, RATIOS, mismatch_weights
+
+__all__ = [
+    "AGGREGATIONS", "KL_ESTIMATORS", "MISMATCH_MODES", "MODIFIERS", "POLICY_LOSSES", "RATIOS",
+    "SURROGATES", "LossOut", "PolicyObjective", "Surrogate", "aggregate", "entropy_mask",
+    "entropy_threshold", "kl_estimate", "mismatch_weights", "objective_normalisers",
+    "objective_params", "policy_loss", "register_objective",
+]

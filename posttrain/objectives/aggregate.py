@@ -1,0 +1,104 @@
+"""Aggregations: a (B, T) per-token loss and its mask -> one scalar.
+
+The aggregation is its own axis (verl's `agg_loss` plays the same role): every objective
+has a default, and any objective takes `aggregation=` to override it.
+
+    token-mean            sum_{i,t} l_it / num_tokens                         (DAPO)
+    seq-mean-token-mean   sum_i [ sum_t l_it / n_i ] / num_seqs               (GRPO, GSPO, SAPO)
+    seq-mean-token-sum    sum_i [ sum_t l_it ] / num_seqs                     (no length normalisation)
+    constant              sum_{i,t} l_it / (num_seqs * max_completion_len)    (Dr. GRPO)
+
+with n_i the valid tokens of row i. The normalisers are arguments, so that splitting a
+batch into micro-batches (or over processes) and summing the losses gives exactly the
+full-batch loss and gradient: pass the *global* count to every piece.
+
+- `num_tokens` (token-mean): the valid tokens of the whole optimizer step; default this
+  batch's `mask.sum()`.
+- `num_seqs` (seq-mean-*, constant): the sequences of the whole step; default B, this
+  batch's rows. A row with no valid token counts as a sequence with loss 0 (pass
+  `num_seqs` if such rows are padding rather than data).
+- `max_completion_len` (constant, required): the generation cap, a constant of the run.
+  It is never taken from the tensor width, which would make the loss depend on padding.
+
+A row with no valid token contributes 0 (its n_i is clamped to 1), and an empty batch gives
+loss 0, never NaN. Values at padding positions are never read (`torch.where`, not a
+multiplication, so NaN or inf there cannot leak in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from posttrain.registry import Registry
+
+Number = float | int | Tensor
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    fn: Callable[..., Tensor]
+    """(loss (B, T), valid (B, T) bool, **normalisers) -> 0-dim tensor."""
+    normalisers: tuple[str, ...]
+    """The keyword normalisers it reads; passing any other is an error."""
+    formula: str
+    """One line, plain text, for the docs."""
+
+
+AGGREGATIONS: Registry[Aggregation] = Registry("aggregation")
+
+
+def masked_sum(x: Tensor, valid: Tensor, dim=None) -> Tensor:
+    """Sum of x over valid positions; padding values are never read."""
+    z = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return z.sum() if dim is None else z.sum(dim=dim)
+
+
+def _rows(valid: Tensor, num_seqs: Number | None) -> Number:
+    return valid.shape[0] if num_seqs is None else num_seqs
+
+
+def _token_mean(loss: Tensor, valid: Tensor, *, num_tokens: Number | None = None) -> Tensor:
+    denom = valid.sum().clamp(min=1) if num_tokens is None else num_tokens
+    return masked_sum(loss, valid) / denom
+
+
+def _seq_mean_token_mean(loss: Tensor, valid: Tensor, *, num_seqs: Number | None = None) -> Tensor:
+    n = valid.sum(dim=1).clamp(min=1)  # (B,)
+    per_seq = masked_sum(loss, valid, dim=1) / n  # (B,)
+    return per_seq.sum() / _rows(valid, num_seqs)
+
+
+def _seq_mean_token_sum(loss: Tensor, valid: Tensor, *, num_seqs: Number | None = None) -> Tensor:
+    return masked_sum(loss, valid) / _rows(valid, num_seqs)
+
+
+def _constant(loss: Tensor, valid: Tensor, *, num_seqs: Number | None = None,
+              max_completion_len: Number | None = None) -> Tensor:
+    if max_completion_len is None:
+        raise ValueError("aggregation 'constant' needs max_completion_len (the generation cap, a "
+                         "constant of the run; Dr. GRPO divides by B x max_completion_len)")
+    return masked_sum(loss, valid) / (_rows(valid, num_seqs) * max_completion_len)
+
+
+AGGREGATIONS.register("token-mean", Aggregation(
+    _token_mean, ("num_tokens",), "sum_{i,t} l_it / num_tokens"))
+AGGREGATIONS.register("seq-mean-token-mean", Aggregation(
+    _seq_mean_token_mean, ("num_seqs",), "sum_i (sum_t l_it / n_i) / num_seqs"))
+AGGREGATIONS.register("seq-mean-token-sum", Aggregation(
+    _seq_mean_token_sum, ("num_seqs",), "sum_i sum_t l_it / num_seqs"))
+AGGREGATIONS.register("constant", Aggregation(
+    _constant, ("num_seqs", "max_completion_len"), "sum_{i,t} l_it / (num_seqs * max_completion_len)"))
+
+
+def aggregate(name: str, loss: Tensor, valid: Tensor, **normalisers) -> Tensor:
+    """Aggregate with the named rule; `normalisers` must be ones that rule reads."""
+    agg = AGGREGATIONS.get(name)
+    extra = sorted(set(normalisers) - set(agg.normalisers))
+    if extra:
+        raise TypeError(f"aggregation {name!r} does not use {', '.join(extra)}; "
+                        f"it reads: {', '.join(agg.normalisers)}")
+    return agg.fn(loss, valid, **normalisers)

@@ -1,0 +1,222 @@
+"""`policy_loss`: one RLVR policy objective, composed from its registered pieces.
+
+    out = policy_loss("dapo", logp, old_logp, advantages, mask, num_tokens=step_tokens)
+    out.loss.backward()        # scalar, differentiable w.r.t. logp (and entropy if coef != 0)
+    out.metrics                # dict of detached 0-dim tensors
+
+Shapes: logp, old_logp, rollout_logp, ref_logp, entropy (B, T) float; mask (B, T) bool or
+0/1; advantages (B,) (one per sequence) or (B, T). Rows of a group are contiguous (that
+matters to the advantage estimator, not here). old_logp, rollout_logp, ref_logp and
+advantages are constants: they are detached.
+
+The composition, top to bottom (each step is its own registry or module):
+
+    ratio     = RATIOS[objective.ratio](logp, old_logp)          token | sequence | sequence_token
+    l_it      = SURROGATES[objective.surrogate](ratio, A, logp)  per-token loss
+    l_it     *= w_it                                             mismatch correction (ratio.py)
+    l_it      = 0 where entropy < threshold                      top-rho entropy mask (masks.py)
+    loss      = AGGREGATIONS[aggregation](l, mask, normalisers)
+              + beta * AGGREGATIONS[aggregation](KL_ESTIMATORS[kl_estimator](logp, ref_logp))
+              - entropy_coef * AGGREGATIONS[aggregation](entropy)
+
+Parameters are keyword arguments: the surrogate's (e.g. eps_low, eps_high; tau_pos,
+tau_neg; is_cap) with the objective's defaults, and the modifiers in `MODIFIERS`, which
+every objective takes. An unknown parameter, or one that does not apply (tau_pos for grpo,
+mismatch_cap without a truncating mismatch mode, num_tokens with a seq-mean aggregation),
+is a TypeError naming it; a modifier that needs an input that was not given (beta > 0
+without ref_logp) is a ValueError. Nothing is silently ignored.
+
+No `.item()` and no host sync in the math; the checks are on Python values and shapes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from .aggregate import AGGREGATIONS, aggregate
+from .kl import KL_ESTIMATORS, kl_estimate
+from .masks import entropy_mask
+from .policy import POLICY_LOSSES, SURROGATES, PolicyObjective
+from .ratio import MISMATCH_MODES, RATIOS, masked_max, masked_mean, masked_min, mismatch_weights
+
+MODIFIERS: Mapping[str, tuple[Any, str]] = {
+    "aggregation": (None, "override the objective's aggregation (see Aggregations)"),
+    "num_tokens": (None, "token-mean normaliser: valid tokens of the whole step (default: this batch's)"),
+    "num_seqs": (None, "seq-mean / constant normaliser: sequences of the whole step (default: B)"),
+    "max_completion_len": (None, "constant normaliser: the generation cap (required by 'constant')"),
+    "beta": (0.0, "KL-to-reference coefficient; > 0 needs ref_logp"),
+    "kl_estimator": ("k3", "KL estimator for the loss and the kl/ref metric (needs ref_logp)"),
+    "entropy_coef": (0.0, "entropy bonus coefficient: loss -= coef * aggregated entropy (needs entropy)"),
+    "top_entropy_rho": (1.0, "policy gradient only on the top-rho highest-entropy valid tokens"),
+    "entropy_threshold": (None, "precomputed entropy threshold (whole-batch), instead of top_entropy_rho"),
+    "mismatch": (None, "training-inference correction from rollout_logp (objective's default if None)"),
+    "mismatch_cap": (2.0, "C of the `*_truncate` modes"),
+    "mismatch_bounds": ((0.5, 2.0), "(lo, hi) of the `*_mask` modes"),
+}
+
+
+@dataclass(frozen=True)
+class LossOut:
+    loss: Tensor
+    """0-dim, differentiable w.r.t. logp."""
+    metrics: dict[str, Tensor | float]
+    """Detached 0-dim tensors (call float() when logging, outside the math)."""
+
+
+def objective_params(name: str) -> dict[str, Any]:
+    """Every parameter `policy_loss(name, ...)` takes, with its default."""
+    obj = POLICY_LOSSES.get(name)
+    out = {**obj.defaults(), **{k: d for k, (d, _) in MODIFIERS.items()}}
+    out["aggregation"], out["mismatch"] = obj.aggregation, obj.mismatch
+    return out
+
+
+def objective_normalisers(name: str, aggregation: str | None = None) -> tuple[str, ...]:
+    """The normalisers the trainer should pass (global counts) for this objective."""
+    return AGGREGATIONS.get(aggregation or POLICY_LOSSES.get(name).aggregation).normalisers
+
+
+def _reject_unknown(name: str, obj: PolicyObjective, params: Mapping[str, Any]) -> None:
+    allowed = {**obj.defaults(), **MODIFIERS}
+    for key in params:
+        if key in allowed:
+            continue
+        owners = [n for n, o in POLICY_LOSSES.items() if key in o.defaults()]
+        if owners:
+            hint = f"it belongs to {', '.join(owners)}"
+        else:
+            close = difflib.get_close_matches(key, list(allowed), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "no close match"
+        raise TypeError(f"policy objective {name!r} has no parameter {key!r} ({hint}); "
+                        f"it takes: {', '.join(allowed)}")
+
+
+def _check_modifiers(name, obj, params, *, ref_logp, rollout_logp, entropy):
+    """Resolve and validate the modifiers: (every modifier's value, the normalisers to pass)."""
+    m = {k: d for k, (d, _) in MODIFIERS.items()}
+    m.update({k: v for k, v in params.items() if k in MODIFIERS})
+    m["aggregation"] = agg_name = m["aggregation"] or obj.aggregation
+    m["mismatch"] = mode_name = m["mismatch"] or obj.mismatch
+    agg = AGGREGATIONS.get(agg_name)
+    norms = {k: params[k] for k in ("num_tokens", "num_seqs", "max_completion_len") if k in params}
+    extra = sorted(set(norms) - set(agg.normalisers))
+    if extra:
+        raise TypeError(f"{name}: aggregation {agg_name!r} does not use {', '.join(extra)}; "
+                        f"it reads: {', '.join(agg.normalisers)}")
+    if "max_completion_len" in agg.normalisers and norms.get("max_completion_len") is None:
+        raise ValueError(f"{name}: aggregation {agg_name!r} needs max_completion_len (the generation "
+                         "cap, a constant of the run; never the padded tensor width)")
+    mode = MISMATCH_MODES.get(mode_name)
+    if "mismatch_cap" in params and mode.action != "truncate":
+        raise TypeError(f"{name}: mismatch_cap applies to the *_truncate modes, not mismatch={mode_name!r}")
+    if "mismatch_bounds" in params and mode.action != "mask":
+        raise TypeError(f"{name}: mismatch_bounds applies to the *_mask modes, not mismatch={mode_name!r}")
+    if mode.level != "none" and rollout_logp is None:
+        raise ValueError(f"{name}: mismatch={mode_name!r} needs rollout_logp (the engine's log-probs); "
+                         "pass mismatch='none' if the sampler is the trained model itself")
+    cap, (lo, hi) = m["mismatch_cap"], m["mismatch_bounds"]
+    if not cap > 0 or not 0 < lo < hi:
+        raise ValueError(f"{name}: need mismatch_cap > 0 and 0 < lo < hi, got {cap}, ({lo}, {hi})")
+    beta = m["beta"]
+    if beta < 0:
+        raise ValueError(f"{name}: beta must be >= 0, got {beta}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError(f"{name}: beta={beta} needs ref_logp (the reference model's log-probs)")
+    if "kl_estimator" in params:
+        KL_ESTIMATORS.get(params["kl_estimator"])
+        if ref_logp is None:
+            raise TypeError(f"{name}: kl_estimator applies only with ref_logp")
+    if m["entropy_coef"] != 0 and entropy is None:
+        raise ValueError(f"{name}: entropy_coef needs the entropy tensor")
+    if "top_entropy_rho" in params and "entropy_threshold" in params:
+        raise TypeError(f"{name}: pass top_entropy_rho or entropy_threshold, not both")
+    if not 0 < m["top_entropy_rho"] <= 1:
+        raise ValueError(f"{name}: top_entropy_rho must be in (0, 1], got {m['top_entropy_rho']}")
+    if (m["top_entropy_rho"] < 1 or m["entropy_threshold"] is not None) and entropy is None:
+        raise ValueError(f"{name}: the high-entropy token mask needs the entropy tensor")
+    return m, norms
+
+
+def _check_shapes(logp, mask, advantages, **others):
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be (B, T), got shape {tuple(logp.shape)}")
+    for key, t in {"mask": mask, **others}.items():
+        if t is not None and t.shape != logp.shape:
+            raise ValueError(f"{key} must have logp's shape {tuple(logp.shape)}, got {tuple(t.shape)}")
+    if advantages.shape not in (logp.shape[:1], logp.shape):
+        raise ValueError(f"advantages must be (B,) or (B, T) = {tuple(logp.shape)}, "
+                         f"got {tuple(advantages.shape)}")
+
+
+def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+                rollout_logp: Tensor | None = None, ref_logp: Tensor | None = None,
+                entropy: Tensor | None = None, **params) -> LossOut:
+    """The named objective's loss and metrics; see the module docstring."""
+    obj = POLICY_LOSSES.get(name)
+    _reject_unknown(name, obj, params)
+    sur = SURROGATES.get(obj.surrogate)
+    sp = {**obj.defaults(), **{k: v for k, v in params.items() if k in obj.defaults()}}
+    sur.check(sp)
+    _check_shapes(logp, mask, advantages, old_logp=old_logp, rollout_logp=rollout_logp,
+                  ref_logp=ref_logp, entropy=entropy)
+    m, norms = _check_modifiers(name, obj, params, ref_logp=ref_logp, rollout_logp=rollout_logp,
+                                entropy=entropy)
+    agg = m["aggregation"]
+
+    dt = torch.promote_types(logp.dtype, torch.float32)
+    valid = mask.bool()  # (B, T)
+    zero = torch.zeros((), dtype=dt, device=logp.device)
+
+    def clean(t: Tensor | None, detach: bool = True) -> Tensor | None:
+        """fp32 (or wider) with padding set to 0: whatever sits there (even NaN) is never
+        read, and the gradient at padding is exactly 0."""
+        if t is None:
+            return None
+        t = t.detach() if detach else t
+        return torch.where(valid, t.to(dt), zero)
+
+    logp, old = clean(logp, detach=False), clean(old_logp)
+    rollout_logp, ref_logp, entropy = clean(rollout_logp), clean(ref_logp), clean(entropy, detach=False)
+    adv = advantages.detach().to(dt)
+    adv = clean(adv[:, None].expand_as(logp) if adv.dim() == 1 else adv)  # (B, T)
+
+    ratio = RATIOS.get(obj.ratio).fn(logp, old, valid)  # (B, T)
+    loss_tok, metrics = sur.fn(ratio, adv, logp, valid, **sp)  # (B, T)
+    metrics.update({"ratio/mean": masked_mean(ratio, valid), "ratio/max": masked_max(ratio, valid),
+                    "ratio/min": masked_min(ratio, valid)})
+
+    if rollout_logp is not None:
+        w, is_metrics = mismatch_weights(m["mismatch"], old, rollout_logp, valid,
+                                         cap=m["mismatch_cap"], bounds=m["mismatch_bounds"])
+        metrics.update(is_metrics)
+        if w is not None:
+            loss_tok = loss_tok * w
+
+    if m["top_entropy_rho"] < 1 or m["entropy_threshold"] is not None:
+        keep = entropy_mask(entropy, valid, rho=m["top_entropy_rho"], threshold=m["entropy_threshold"])
+        loss_tok = torch.where(keep, loss_tok, zero)
+        metrics["entropy/kept_frac"] = masked_mean(keep.to(dt), valid)
+
+    loss = aggregate(agg, loss_tok, valid, **norms)
+    metrics["loss/policy"] = loss.detach()
+
+    if ref_logp is not None:
+        kl_tok = kl_estimate(m["kl_estimator"], logp, ref_logp)  # (B, T)
+        metrics["kl/ref"] = masked_mean(kl_tok, valid)
+        if m["beta"] > 0:
+            kl = aggregate(agg, kl_tok, valid, **norms)
+            loss = loss + m["beta"] * kl
+            metrics["loss/kl"] = kl.detach()
+    if entropy is not None:
+        metrics["entropy/mean"] = masked_mean(entropy, valid)
+        if m["entropy_coef"] != 0:
+            ent = aggregate(agg, entropy, valid, **norms)
+            loss = loss - m["entropy_coef"] * ent
+            metrics["loss/entropy"] = ent.detach()
+    metrics["tokens/valid"] = valid.sum().to(dt)
+    return LossOut(loss, metrics)
