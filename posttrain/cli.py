@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     _stage_args(sub.add_parser("sft", help="supervised fine-tuning"))
+    _stage_args(sub.add_parser("rl", help="RL from verifiable rewards (grpo, dapo, gspo, sapo, ...)"))
 
     p = sub.add_parser("demo", help="the main job on the embedded tiny model")
     p.add_argument("--out", default="runs/demo", help="output directory")
@@ -76,6 +77,42 @@ def cmd_sft(args) -> None:
     out = args.out or recipe.out
     result = run_sft(recipe, out, resume=args.resume)
     _summary("sft", out, result)
+
+
+def cmd_rl(args) -> None:
+    from .train.rl import run_rl
+    recipe = load_recipe(RECIPES["rl"], find_recipe(args.recipe), args.overrides)
+    out = args.out or recipe.out
+    result = run_rl(recipe, out, resume=args.resume)
+    _rl_summary("rl", out, result)
+
+
+def _rl_summary(title: str, out, result) -> None:
+    from .train import dist
+    from .train.metrics import read_metrics
+    if not dist.is_main():
+        return
+    rows = [r for r in read_metrics(out) if "reward/mean" in r]
+    table = Table(title=title)
+    for col in ("step", "reward", "reward std", "zero-std groups", "entropy", "len", "s/step"):
+        table.add_column(col, justify="right")
+    every = max(1, len(rows) // 10)
+    for r in rows[::every] + ([rows[-1]] if rows and (len(rows) - 1) % every else []):
+        table.add_row(str(r["step"]), f"{r['reward/mean']:.3f}", f"{r['reward/std']:.3f}",
+                      f"{r['frac_zero_std_groups']:.2f}", f"{r.get('entropy', float('nan')):.3f}",
+                      f"{r['completion_len/mean']:.0f}", f"{r['time/step']:.2f}")
+    console.print(table)
+    if result.eval_before or result.eval_after:
+        ev = Table(title="held-out (greedy)")
+        ev.add_column("metric")
+        ev.add_column("before", justify="right")
+        ev.add_column("after", justify="right")
+        for k in result.eval_after or result.eval_before:
+            ev.add_row(k, f"{result.eval_before.get(k, float('nan')):.3f}",
+                       f"{result.eval_after.get(k, float('nan')):.3f}")
+        console.print(ev)
+    console.print(f"outputs: {out}  (final model: {Path(out) / 'final'}, "
+                  f"metrics: {Path(out) / 'metrics.jsonl'})")
 
 
 def cmd_demo(args) -> None:
@@ -134,7 +171,7 @@ def _summary(title: str, out, result) -> None:
                   f"metrics: {Path(out) / 'metrics.jsonl'})")
 
 
-COMMANDS = {"tiny-model": cmd_tiny_model, "sft": cmd_sft, "demo": cmd_demo}
+COMMANDS = {"tiny-model": cmd_tiny_model, "sft": cmd_sft, "rl": cmd_rl, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

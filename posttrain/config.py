@@ -143,7 +143,99 @@ class SFTRecipe:
     """Output directory (checkpoints, metrics, final model)."""
 
 
-RECIPES: dict[str, type] = {"sft": SFTRecipe}
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf"] = "hf"
+    """Rollout engine (hf: batched sampling with a KV cache, CPU or GPU)."""
+    group_size: int = 4
+    """Completions per prompt (G)."""
+    temperature: float = 1.0
+    """Sampling temperature (the trainer's log-probs use the same one)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0 = all)."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p x the most likely one."""
+    max_new_tokens: int = 256
+    """Generation cap (L_max); completions reaching it are "truncated"."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings, besides EOS and the chat template's end-of-turn token."""
+    precision: Literal["same", "bf16_weights", "bf16"] = "same"
+    """same: sample with the trained weights; bf16_weights: a copy rounded to bf16, fp32
+    compute (a CPU stand-in for a bf16 inference engine); bf16: a bf16 copy."""
+    batch_size: int = 64
+    """Sequences generated together (bounds the KV cache)."""
+
+    def __post_init__(self):
+        if self.group_size < 1:
+            raise ValueError("rollout.group_size must be >= 1")
+        if self.max_new_tokens < 1:
+            raise ValueError("rollout.max_new_tokens must be >= 1")
+
+
+@dataclass
+class RewardComponent:
+    name: str = "format"
+    """Name in metrics and in the advantage's component axis."""
+    reward: str = "structured_format"
+    """A registered reward (see docs/rewards.md)."""
+    weight: float = 1.0
+    """Weight in the total reward (and in GDPO's weighted sum)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword options of the reward (e.g. overlong: max_len, cache)."""
+
+
+@dataclass
+class RLConfig:
+    prompts_per_step: int = 8
+    """Prompts per RL step (each gets rollout.group_size completions)."""
+    objective: str = "grpo"
+    """Policy objective: grpo, dr_grpo, dapo, gspo, gspo_token, sapo, cispo, reinforce_is."""
+    objective_params: dict[str, Any] = field(default_factory=dict)
+    """Its parameters and modifiers (eps_high, tau_pos, beta, top_entropy_rho, mismatch, ...)."""
+    advantage: str = "grpo"
+    """Advantage estimator: grpo, dr_grpo, rloo, gdpo."""
+    advantage_scale: Literal["group", "batch"] = "group"
+    """Divide by the group's std (group) or the whole batch's (batch)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and draw more prompts to refill."""
+    max_gen_rounds: int = 3
+    """Cap on generation rounds per step with dynamic sampling (then train on what is kept)."""
+    epochs: int = 1
+    """Passes over each rollout batch."""
+    mini_batches: int = 1
+    """Optimizer updates per epoch (> 1 makes later updates off-policy: see staleness/kl)."""
+    mask_truncated: bool = False
+    """Exclude completions cut by max_new_tokens from the loss (DAPO overlong filtering)."""
+    reference: Literal["auto", "none"] = "auto"
+    """auto: a reference model exists only when objective_params.beta > 0 (the base with
+    adapters disabled, or a frozen copy for full fine-tuning); none: never."""
+
+
+@dataclass
+class RLRecipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy (e.g. an SFT checkpoint's final/ directory)."""
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    """Adapter (or none for full fine-tuning)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Prompt sources (a trailing assistant turn, if any, is dropped) and held-out prompts."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling."""
+    rewards: list[RewardComponent] = field(default_factory=lambda: [RewardComponent()])
+    """Reward components and weights."""
+    eval_rewards: list[RewardComponent] = field(default_factory=list)
+    """Extra components scored only at evaluation (e.g. exact match); weight ignored."""
+    rl: RLConfig = field(default_factory=RLConfig)
+    """Objective, advantage and update schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimizer and loop; max_steps counts RL steps, batch_size sequences per backward."""
+    out: str = "runs/rl"
+    """Output directory."""
+
+
+RECIPES: dict[str, type] = {"sft": SFTRecipe, "rl": RLRecipe}
 
 
 # --------------------------------------------------------------------------- loading

@@ -122,6 +122,27 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
+def optimizer_step(params: list[torch.nn.Parameter], optimizer, scheduler,
+                   max_grad_norm: float | None, device: torch.device, finite: bool = True) -> float | None:
+    """Sum gradients over ranks, clip, step the optimizer and schedule; return the gradient
+    norm before clipping. When the loss (`finite=False` on any rank) or the gradient is
+    not finite, the gradients are dropped and None is returned: every rank skips together."""
+    finite = dist.sum_scalar(0.0 if finite else 1.0, device) == 0
+    grad_norm = None
+    if finite:
+        dist.sum_gradients(params)
+        limit = max_grad_norm if max_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        finite = math.isfinite(grad_norm)
+    if not finite:
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 @dataclass
 class LoopResult:
     step: int
@@ -216,15 +237,8 @@ def train_loop(
                 for k, v in m.items():  # counts (num_*) add up over micro-batches; the rest average
                     share = 1.0 if k.startswith("num_") else 1.0 / len(micro)
                     metrics[k] = metrics.get(k, 0.0) + float(v) * share
-            grad_norm = None
-            finite = dist.sum_scalar(0.0 if finite else 1.0, device) == 0  # skip on every rank
-            if finite:
-                dist.sum_gradients(params)
-                limit = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
-                finite = math.isfinite(grad_norm)
-            if not finite:
-                optimizer.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm, device, finite)
+            if grad_norm is None:
                 bad_in_row += 1
                 log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)",
                             step + 1, bad_in_row)
@@ -234,9 +248,6 @@ def train_loop(
                         "Lower train.lr, check the data, or use precision fp32.")
                 continue
             bad_in_row = 0
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
             total_loss = dist.sum_scalar(total_loss, device)  # each rank held its share
             metrics = {k: dist.sum_scalar(v, device) / (1 if k.startswith("num_") else world)

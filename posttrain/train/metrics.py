@@ -84,17 +84,21 @@ class Progress:
         if enabled:
             self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
                                     MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                                    TextColumn("{task.fields[info]}"),
                                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-            self.task = self.bar.add_task(description, total=total, completed=start, loss="-")
+            self.task = self.bar.add_task(description, total=total, completed=start, loss="-",
+                                          info="")
 
     def __enter__(self):
         if self.enabled:
             self.bar.__enter__()
         return self
 
-    def update(self, step: int, loss: float) -> None:
+    def update(self, step: int, loss: float | None, info: str = "") -> None:
+        """Advance to `step`; `info` is a short live read-out (e.g. "reward 1.23")."""
         if self.enabled:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}")
+            shown = "-" if loss is None or not math.isfinite(loss) else f"{loss:.4f}"
+            self.bar.update(self.task, completed=step, loss=shown, info=info)
 
     def __exit__(self, *exc):
         if self.enabled:

@@ -1,0 +1,7 @@
+"""Rollout engines: prompts in, completions with the engine's per-token log-probs out."""
+
+from posttrain.rollout.base import ENGINES, FINISH_REASONS, Engine, Rollout, SamplingParams
+from posttrain.rollout.hf import HFEngine, RolloutWeights, filter_logits, sample_next
+
+__all__ = ["ENGINES", "FINISH_REASONS", "Engine", "HFEngine", "Rollout", "RolloutWeights",
+           "SamplingParams", "filter_logits", "sample_next"]
