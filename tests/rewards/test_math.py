@@ -1,0 +1,378 @@
+"""Math rewards: extraction, normalisation, numeric and symbolic equality, and the
+guarantees against adversarial completions (never raises, bounded time)."""
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import posttrain.rewards.math as mr
+from posttrain.rewards import REWARDS, get_reward
+from posttrain.rewards.math import answers_match, extract_answer, extract_reference, normalize_number
+
+GSM8K_TEST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+@pytest.fixture
+def no_symbolic(monkeypatch):
+    """Fail the test if math-verify would be asked (plain numbers must not need it)."""
+    def boom(*args):
+        raise AssertionError(f"symbolic check called for {args[:2]}")
+    monkeypatch.setattr(mr, "_symbolic", boom)
+
+
+def test_module_name_does_not_shadow_stdlib_math():
+    assert mr.gcd is math.gcd
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+@pytest.mark.parametrize("raw, canon", [
+    ("1,234", "1234"), ("1,450,000", "1450000"), ("$18.50.", "18.5"), ("\\$5", "5"),
+    ("-$5", "-5"), ("50%", "50"), ("50\\%", "50"), ("12 cm", "12"), ("18 dollars", "18"),
+    ("18\\text{ dollars}", "18"), ("30^{\\circ}", "30"), ("10 square feet", "10"),
+    ("5 km/h", "5"), ("-0.0", "0"), ("\u22127", "-7"), (".5", "0.5"), ("5.", "5"),
+    ("1{,}000", "1000"), ("1\\,000", "1000"), ("{{{1}}}", "1"), ("(-5)", "-5"),
+    ("\\frac{3}{4}", "0.75"), ("\\dfrac12", "0.5"), ("-\\frac{1}{2}", "-0.5"),
+    ("\\frac{-1}{-2}", "0.5"), ("6/8", "0.75"), ("2/6", "1/3"), ("-4/2", "-2"),
+    ("1e999999", "1e999999"), ("1" + "0" * 40, "1e40"), ("1.5e-40", "15e-41"),
+    ("0.000001", "0.000001"),
+])
+def test_normalize_number(raw, canon):
+    assert normalize_number(raw) == canon
+
+
+@pytest.mark.parametrize("raw", ["", "  ", "1,2", "1,2345", "2x", "x", "m", "%", "$", "3/0",
+                                 "1.2.3", "\\frac{x}{2}", "five", "1e99999999999", None, 18,
+                                 "\\frac{" + "1" * 5000 + "}{3}", "1" * 5000 + "/3"])
+def test_normalize_number_rejects(raw):
+    assert normalize_number(raw) is None
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("She makes 9 * 2 = $18 every day.\n#### 18", "18"),
+    ("#### 1,234", "1234"),
+    ("#### $1,234.00", "1234"),
+    ("The answer is $18.50.", "18.5"),
+    ("So the answer is 18 eggs.", "18"),
+    ("the answer is 9 * 2 = 18", "18"),
+    ("The answer is x = 5.", "5"),
+    ("So the answer is 2x+1.", "2x+1"),
+    ("The answer is 5. Actually, the answer is unclear.", "5"),
+    ("\\boxed{\\frac{1}{2}}", "0.5"),
+    ("so $x = \\boxed{{a}+{b}}$", "{a}+{b}"),
+    ("\\boxed{\\boxed{5}}", "5"),
+    ("first \\boxed{3}, then corrected: \\boxed{4}", "4"),
+    ("\\fbox{12}", "12"),
+    ("\\boxed 7", "7"),
+    ("\\boxed{18 \\text{ dollars}}", "18"),
+    ("\\boxed{\\text{Tuesday}}", "\\text{Tuesday}"),
+    ("**Final Answer:** $\\frac{\\sqrt{3}}{2}$", "\\frac{\\sqrt{3}}{2}"),
+    ("Q: how many?\nA: 7", "7"),
+    ("Answer: 50%", "50"),
+    ("I have 3 apples and 4 pears, so 7 fruit.", "7"),
+    ("It drops to -5 degrees.", "-5"),
+    ("16-3", "3"),
+    ("the level is 3.25 now", "3.25"),
+    ("3/4 of them", "0.75"),
+    ("#### Step 1\nthen we get 5", "5"),   # a markdown heading is not an answer
+    ("#### 3\n#### 1450000", "1450000"),  # flexible: the last one
+    ("no digits here", None),
+    ("", None),
+])
+def test_extract_flexible(text, answer):
+    assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("so 18.\n#### 18", "18"),
+    ("#### -1,234.", "-1234"),
+    ("#### 1450000\n#### 3", "1450000"),  # strict: the first, as lm-evaluation-harness
+    ("The answer is 18.", None),
+    ("\\boxed{18}", None),
+    ("#### $18", None),
+])
+def test_extract_strict(text, answer):
+    assert extract_answer(text, mode="strict") == answer
+
+
+def test_extract_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="flexible"):
+        extract_answer("1", mode="lenient")
+
+
+@pytest.mark.parametrize("text, flexible, strict", [
+    ("<think>the answer is 3</think>The answer is 4", "4", None),
+    ("<think>#### 3</think> so 4", "4", None),
+    ("</think> #### 9", "9", "9"),            # the template opened <think> in the prompt
+    ("<think>#### 3", None, None),            # truncated mid-thought
+    ("<think>a</think> b <think> #### 7", None, None),
+])
+def test_thinking_is_skipped(text, flexible, strict):
+    assert extract_answer(text) == flexible
+    assert extract_answer(text, mode="strict") == strict
+
+
+@pytest.mark.parametrize("ref, answer", [
+    ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\n#### 1,450", "1450"),
+    ("18", "18"), (18, "18"), (0.5, "0.5"), ("\\frac{1}{2}", "0.5"),
+    ("$\\sqrt{2}$", "\\sqrt{2}"), ("so the result is \\boxed{\\pi}", "\\pi"), ("", None),
+    (None, None), (True, None),
+])
+def test_extract_reference(ref, answer):
+    assert extract_reference(ref) == answer
+
+
+# --------------------------------------------------------------------------- equality
+
+
+@pytest.mark.parametrize("pred, ref, same", [
+    ("3/4", "0.75", True), ("0.5", "\\frac{1}{2}", True), ("50%", "50", True),
+    ("18.50", "18.5", True), ("-5", "-5.0", True), ("1,000", "1000", True),
+    ("0.3333333", "1/3", True),      # 1e-7 relative: within 1e-6
+    ("0.333", "1/3", False),         # 1e-3 relative
+    ("18.0000001", "18", True),      # a decimal prediction gets the tolerance...
+    ("1450001", "1450000", False),   # ...two integers do not
+    ("0", "0.0000001", False),
+    ("1e999999", "1" + "0" * 999999, True),
+    ("7", "8", False), ("50%", "0.5", False),
+])
+def test_numeric_match(pred, ref, same, no_symbolic):
+    assert answers_match(pred, ref) is same
+
+
+def test_rel_tol_is_an_option(no_symbolic):
+    assert not answers_match("100.5", "100")
+    assert answers_match("100.5", "100", rel_tol=0.01)
+    assert not answers_match("0.3333333", "1/3", rel_tol=0)
+
+
+@pytest.mark.parametrize("pred, ref, same", [
+    ("{a}+{b}", "a+b", True), ("\\frac{\\sqrt{3}}{2}", "\\sqrt{3}/2", True),
+    ("9 \\times 2", "18", True), ("2x+1", "1+2x", True), ("2x+1", "2x+2", False),
+    ("\\frac{2}{\\sqrt{2}}", "\\sqrt{2}", True),
+])
+def test_symbolic_match(pred, ref, same):
+    assert answers_match(pred, ref) is same
+
+
+def test_cheap_checks_skip_math_verify(no_symbolic):
+    assert answers_match("\\left( x \\right)", "\\left(x\\right)")  # equal as strings
+    assert not answers_match("x", "18")                             # no digit, no LaTeX
+    assert not answers_match("2x+1", "2x+2", symbolic=False)
+    assert not answers_match(None, "1") and not answers_match("1", "")
+
+
+def test_symbolic_check_runs_off_the_main_thread():
+    out = {}
+
+    def work():
+        out["true"] = answers_match("\\frac{3}{\\sqrt{3}}", "\\sqrt{3}")
+        out["hard"], out["seconds"] = _timed(answers_match, "9^{9^{9^{9}}}", "7", timeout_s=1.0)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    assert out["true"] is True and out["hard"] is False
+    assert out["seconds"] < 2.0
+
+
+@pytest.mark.parametrize("latex", ["9^{9^{9^{9}}}", "2^{2^{2^{2^{2^{2}}}}}", "10^{10^{10}}"])
+def test_pathological_latex_returns_within_the_timeout(latex):
+    (same, note), seconds = _timed(mr._compare, latex, "5", timeout_s=1.0)
+    assert same is False and "timed out" in note
+    assert seconds < 2.0
+
+
+def test_giant_expression_is_not_handed_to_sympy(no_symbolic):
+    giant = "+".join(["x"] * 3000)
+    (same, seconds) = _timed(answers_match, giant, "3000x")
+    assert same is False and seconds < 0.5
+
+
+# --------------------------------------------------------------------------- the rewards
+
+
+def test_registered_with_docs():
+    for name in ("math", "math_strict"):
+        spec = REWARDS.get(name)
+        assert spec.checks and spec.limits and spec.timeout_s > mr.SYMBOLIC_TIMEOUT_S
+
+
+@pytest.mark.parametrize("completion, example, score, reason", [
+    ("She makes $18.\n#### 18", {"answer": "18"}, 1.0, "correct"),
+    ("The answer is 18.", {"answer": "Janet ... #### 18"}, 1.0, "correct"),
+    ("The answer is 17.", {"answer": "18"}, 0.0, "wrong_answer"),
+    ("so it is \\boxed{0.5}", {"answer": "\\frac{1}{2}"}, 1.0, "correct"),
+    ("so it is \\boxed{\\frac{\\sqrt{2}}{2}}", {"answer": "\\frac{1}{\\sqrt{2}}"}, 1.0, "correct"),
+    ("I do not know.", {"answer": "18"}, 0.0, "no_answer"),
+    ("<think>it is 18", {"answer": "18"}, 0.0, "no_answer"),
+    ("<think>17?</think>The answer is 18", {"answer": "18"}, 1.0, "correct"),
+    ("#### 18", {"question": "?"}, 0.0, "no_reference"),
+    ("#### 18", {"answer": ""}, 0.0, "no_reference"),
+])
+def test_math_reward(completion, example, score, reason):
+    res = get_reward("math").evaluate(completion, example)
+    assert (res.score, res.reason) == (score, reason), res
+
+
+@pytest.mark.parametrize("completion, score, reason", [
+    ("9 * 2 = 18\n#### 18", 1.0, "correct"),
+    ("#### 17", 0.0, "wrong_answer"),
+    ("The answer is 18.", 0.0, "no_answer"),
+    ("\\boxed{18}", 0.0, "no_answer"),
+])
+def test_math_strict_reward(completion, score, reason):
+    res = get_reward("math_strict").evaluate(completion, {"answer": "#### 18"})
+    assert (res.score, res.reason) == (score, reason), res
+
+
+def test_reward_options():
+    assert get_reward("math", answer_key="target")("#### 3", {"target": "3"}) == 1.0
+    assert get_reward("math", rel_tol=0.01)("#### 100.5", {"answer": "100"}) == 1.0
+    assert get_reward("math", symbolic=False)("\\boxed{9 \\times 2}", {"answer": "18"}) == 0.0
+    with pytest.raises(ValueError, match="answer_key"):
+        get_reward("math", answer_column="x")
+
+
+# --------------------------------------------------------------------------- GSM8K gold
+
+
+@pytest.fixture(scope="module")
+def gsm8k_rows():
+    if not GSM8K_TEST.exists():
+        pytest.skip(f"GSM8K test split not found at {GSM8K_TEST} (the shared data folder is absent)")
+    with GSM8K_TEST.open() as f:
+        return [json.loads(line) for line in f]
+
+
+def test_gsm8k_gold_solutions_all_correct(gsm8k_rows, no_symbolic):
+    assert len(gsm8k_rows) == 1319
+    t0 = time.perf_counter()
+    fn = REWARDS.get("math").fn
+    for i, row in enumerate(gsm8k_rows):
+        gold = row["answer"]
+        flexible, strict = extract_answer(gold), extract_answer(gold, mode="strict")
+        assert flexible is not None and answers_match(flexible, strict), (i, gold[-40:])
+        assert fn(gold, {"answer": gold}).reason == "correct", (i, gold[-40:])
+    assert time.perf_counter() - t0 < 5.0
+
+
+def test_gsm8k_gold_through_the_safe_wrappers(gsm8k_rows):
+    t0 = time.perf_counter()
+    for name in ("math", "math_strict"):
+        reward = get_reward(name)
+        scores = [reward(row["answer"], {"answer": row["answer"]}) for row in gsm8k_rows]
+        assert sum(scores) == len(gsm8k_rows), name
+    # a shifted reference is wrong except where two neighbours share the answer
+    reward = get_reward("math")
+    shifted = [reward(gsm8k_rows[i]["answer"], {"answer": gsm8k_rows[i - 1]["answer"]})
+               for i in range(len(gsm8k_rows))]
+    same = sum(extract_reference(gsm8k_rows[i]["answer"]) == extract_reference(gsm8k_rows[i - 1]["answer"])
+               for i in range(len(gsm8k_rows)))
+    assert sum(shifted) == same
+    assert time.perf_counter() - t0 < 5.0
+
+
+# --------------------------------------------------------------------------- adversarial
+
+BIG = "9" * 100_000
+
+
+@pytest.mark.parametrize("completion, expect", [
+    (f"The answer is {BIG}.", "wrong_answer"),
+    (f"#### {BIG}", "wrong_answer"),
+    ("the answer is 1e999999", "wrong_answer"),
+    ("\\boxed{" + BIG, "wrong_answer"),                               # unterminated: last number
+    ("\\boxed{" * 5000, "no_answer"),
+    ("\\boxed{" + "{" * 5000 + "18" + "}" * 5000 + "}", "correct"),   # thousands of nested braces
+    ("{" * 50_000 + "}" * 50_000, "no_answer"),
+    ("\\boxed{9^{9^{9^{9}}}}", "wrong_answer"),                        # sympy would run forever
+    ("\\boxed{" + "+".join(["x"] * 4_000) + "}", "wrong_answer"),      # giant formula
+    ("\\boxed{" + "+".join(["x"] * 20_000) + "}", "no_answer"),         # box over 20,000 chars
+])
+def test_adversarial_completions_are_scored_fast(completion, expect):
+    reward = get_reward("math")
+    res, seconds = _timed(reward.evaluate, completion, {"answer": "18"})
+    assert res.reason == expect, res
+    assert seconds < mr.SYMBOLIC_TIMEOUT_S + 2.0
+
+
+@pytest.mark.parametrize("text", [
+    "1" * 1_000_000,
+    "\\boxed{" * 150_000,
+    "{" * 1_000_000,
+    "answer is " * 100_000,
+    "#### " * 200_000,
+    "A: x\n" * 200_000,
+    " " * 1_000_000 + "18 dollars",
+    ("1,000," * 170_000) + "5",
+    "-" * 1_000_000 + "5",
+    "The answer is " + "\\frac{" * 170_000,
+])
+def test_one_megabyte_completion(text, no_symbolic):
+    """The wrapper refuses it (max_chars); the functions themselves stay linear."""
+    assert len(text) >= 1_000_000
+    assert get_reward("math").evaluate(text, {"answer": "18"}).reason == "too_large"
+    t0 = time.perf_counter()
+    ans = extract_answer(text)
+    extract_answer(text, mode="strict")
+    answers_match(ans, "18", symbolic=False)
+    mr.math_reward(text, {"answer": "18"}, symbolic=False)
+    assert time.perf_counter() - t0 < 2.0
+
+
+# --------------------------------------------------------------------------- fuzz
+
+_PIECES = st.sampled_from([
+    "0", "7", "18", "1,234", "3.5", "-", "+", "/", ".", ",", "$", "%", "{", "}", "\\", "^", "=",
+    " ", "\n", "#", "####", "\\boxed{", "\\fbox{", "\\frac{", "\\sqrt{", "\\text{", "<think>",
+    "</think>", "The answer is ", "A: ", "Answer: ", "e", "x", "dollars", "cm", "(", ")", "\u2212",
+    "9^{9^{", "**",
+])
+_TEXT = st.one_of(st.text(max_size=200), st.lists(_PIECES, max_size=40).map("".join))
+_FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_FUZZ
+@given(_TEXT)
+def test_fuzz_extract_and_normalize_never_raise(text):
+    for mode in ("flexible", "strict"):
+        ans = extract_answer(text, mode=mode)
+        assert ans is None or isinstance(ans, str)
+    n = normalize_number(text)
+    assert n is None or normalize_number(n) == n  # canonical forms are fixed points
+    ref = extract_reference(text)
+    assert ref is None or isinstance(ref, str)
+
+
+@_FUZZ
+@given(_TEXT, _TEXT)
+def test_fuzz_reward_and_numeric_match_never_raise(completion, ref):
+    assert isinstance(answers_match(extract_answer(completion), ref, symbolic=False), bool)
+    res = mr.math_reward(completion, {"answer": ref}, symbolic=False)
+    assert res.score in (0.0, 1.0) and res.reason in ("correct", "wrong_answer", "no_answer", "no_reference")
+    assert mr.math_strict_reward(completion, {"answer": ref}, symbolic=False).score in (0.0, 1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(_TEXT, _TEXT)
+def test_fuzz_symbolic_match_never_raises(pred, ref):
+    (same, _), seconds = _timed(mr._compare, pred, ref, timeout_s=1.0)
+    assert isinstance(same, bool) and seconds < 2.5
