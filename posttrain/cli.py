@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_args(sub.add_parser("sft", help="supervised fine-tuning"))
     _stage_args(sub.add_parser("rl", help="RL from verifiable rewards (grpo, dapo, gspo, sapo, ...)"))
 
-    p = sub.add_parser("demo", help="the main job on the embedded tiny model")
+    p = sub.add_parser("demo", help="the main job: SFT then RL of the embedded tiny model")
     p.add_argument("--out", default="runs/demo", help="output directory")
-    p.add_argument("overrides", nargs="*", help="dotted overrides for the SFT recipe")
+    p.add_argument("overrides", nargs="*", help="stage overrides: sft:train.max_steps=100 rl:train.lr=1e-4")
     return parser
 
 
@@ -115,14 +115,51 @@ def _rl_summary(title: str, out, result) -> None:
                   f"metrics: {Path(out) / 'metrics.jsonl'})")
 
 
+DEMO_METRICS = ("format", "schema", "type", "exact", "reward")
+
+
 def cmd_demo(args) -> None:
-    """For now: SFT of the tiny model on the built-in structured-output task."""
+    """SFT warm start -> SAPO + DAPO dynamic sampling + GDPO -> held-out evaluation.
+
+    Overrides go to one stage by prefix: `sft:train.max_steps=200`, `rl:train.lr=1e-4`.
+    """
+    import time
+
+    from .train.rl import run_rl
     from .train.sft import run_sft
-    recipe = load_recipe(RECIPES["sft"], find_recipe("tiny-sft"), args.overrides)
+    sft_ov, rl_ov = [], []
+    for ov in args.overrides:
+        stage, sep, rest = ov.partition(":")
+        if not sep or stage not in ("sft", "rl"):
+            raise ConfigError(f"demo override {ov!r}: prefix it with the stage, e.g. sft:{ov} or rl:{ov}")
+        (sft_ov if stage == "sft" else rl_ov).append(rest)
     out = Path(args.out)
-    result = run_sft(recipe, out / "sft")
-    _summary("demo: sft", out / "sft", result)
-    _show_samples(out / "sft" / "final", recipe)
+    sft_recipe = load_recipe(RECIPES["sft"], find_recipe("tiny-sft"), sft_ov)
+    rl_recipe = load_recipe(RECIPES["rl"], find_recipe("tiny-rl"),
+                            [f"model.path={out / 'sft' / 'final'}"] + rl_ov)
+    t0 = time.perf_counter()
+    sft = run_sft(sft_recipe, out / "sft")
+    t_sft = time.perf_counter() - t0
+    _summary("demo 1/2: sft", out / "sft", sft)
+    rl = run_rl(rl_recipe, out / "rl")
+    seconds = time.perf_counter() - t0
+    _rl_summary("demo 2/2: rl", out / "rl", rl)
+    results = {"before": {k: rl.eval_before.get(k) for k in DEMO_METRICS},
+               "after": {k: rl.eval_after.get(k) for k in DEMO_METRICS},
+               "steps": rl.step, "seconds": round(seconds, 1),
+               "sft_steps": sft.step, "sft_seconds": round(t_sft, 1), "rl_seconds": round(seconds - t_sft, 1),
+               "heldout_prompts": sum(s.n or 0 for s in rl_recipe.data.eval)}
+    (out / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = Table(title=f"held-out, greedy ({results['heldout_prompts']} prompts): SFT vs SFT + RL")
+    for col in ("", *DEMO_METRICS):
+        table.add_column(col, justify="right")
+    for name in ("before", "after"):
+        table.add_row("sft" if name == "before" else "sft + rl",
+                      *(f"{results[name][k]:.3f}" for k in DEMO_METRICS))
+    console.print(table)
+    _show_samples(out / "rl" / "final", rl_recipe)
+    console.print(f"{seconds:.0f} s in all (sft {t_sft:.0f} s, rl {seconds - t_sft:.0f} s); "
+                  f"results: {out / 'demo_results.json'}")
 
 
 def _show_samples(model_dir: Path, recipe, n: int = 2) -> None:

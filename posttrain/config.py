@@ -196,8 +196,9 @@ class RLConfig:
     """Its parameters and modifiers (eps_high, tau_pos, beta, top_entropy_rho, mismatch, ...)."""
     advantage: str = "grpo"
     """Advantage estimator: grpo, dr_grpo, rloo, gdpo."""
-    advantage_scale: Literal["group", "batch"] = "group"
-    """Divide by the group's std (group) or the whole batch's (batch)."""
+    advantage_scale: Literal["default", "group", "batch", "none"] = "default"
+    """Divide by the group's std, the batch's, or not at all; default: the estimator's own
+    (grpo group, dr_grpo none, rloo none, gdpo batch; see docs/objectives.md)."""
     dynamic_sampling: bool = False
     """DAPO: drop groups whose rewards are all equal and draw more prompts to refill."""
     max_gen_rounds: int = 3

@@ -312,10 +312,21 @@ def _json_depth_ok(s: str) -> bool:
             depth -= 1
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json.loads hook: a repeated key is an error (RFC 8259 says names SHOULD be unique;
+    json.loads would keep the last one silently, and a policy under RL learns to repeat)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Reject("duplicate_key", f"key {_show(k)} appears twice")
+        out[k] = v
+    return out
+
+
 def _parse_json(s: str) -> Any:
     if not _json_depth_ok(s):
         raise _Reject("too_deep", f"nesting deeper than {MAX_DEPTH}")
-    return json.loads(s)
+    return json.loads(s, object_pairs_hook=_unique_keys)
 
 
 class _LimitedYamlLoader(yaml.SafeLoader):
@@ -349,6 +360,17 @@ class _LimitedYamlLoader(yaml.SafeLoader):
         if self._weight > MAX_NODES:
             raise _Reject("too_many_nodes", f"more than {MAX_NODES} nodes with aliases expanded")
         return node
+
+    def construct_mapping(self, node, deep=False):
+        """A repeated key is an error (YAML 1.2 requires unique keys; PyYAML keeps the last)."""
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise _Reject("duplicate_key", f"key {_show(key_node.value)} appears twice")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _parse_yaml(s: str) -> Any:

@@ -190,9 +190,17 @@ def _check_objective(recipe: RLRecipe) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"rl.objective_params: {rl.objective} has no parameter {unknown[0]!r}; "
                           f"it takes: {', '.join(k for k in known if not k.startswith(('num_', 'max_c')))}")
+    try:  # the estimator and its scale, on a dummy batch, so a bad name fails before loading
+        compute_advantages(rl.advantage, torch.zeros(2, len(recipe.rewards)), 2, **_advantage_params(rl))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"rl.advantage / rl.advantage_scale: {e}") from None
     if rl.epochs < 1 or rl.mini_batches < 1 or rl.prompts_per_step < 1:
         raise ConfigError("rl.epochs, rl.mini_batches and rl.prompts_per_step must be >= 1")
     return params
+
+
+def _advantage_params(rl) -> dict[str, Any]:
+    return {} if rl.advantage_scale == "default" else {"scale": rl.advantage_scale}
 
 
 def setup(recipe: RLRecipe, out: Path, resume: bool) -> tuple[RLContext, int, list[Prompt] | None]:
@@ -377,7 +385,7 @@ def rl_step(ctx: RLContext) -> dict[str, float]:
         metrics.update(_times(times, t_step, generated))
         return metrics
     rewards = torch.tensor(rows_scores, dtype=torch.float32)  # (N, K)
-    adv = compute_advantages(rl.advantage, rewards, G, weights=weights, scale=rl.advantage_scale)
+    adv = compute_advantages(rl.advantage, rewards, G, weights=weights, **_advantage_params(rl))
     train_rows = [not (rl.mask_truncated and tr) for tr in trunc_rows]
     batch = build_batch(prompt_ids, completion_ids, engine_logp, adv, train_rows, ctx.engine.pad_id)
     metrics.update({"advantage/mean": float(adv.mean()), "advantage/std": float(adv.std()) if len(adv) > 1 else 0.0,

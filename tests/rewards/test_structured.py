@@ -450,3 +450,17 @@ def test_random_records_round_trip(fmt):
             assert res.score == 1.0, (kind, res, text)
 
     run()
+
+
+@pytest.mark.parametrize("fmt, text", [
+    ("json", '{"name": "a", "name": "b"}'),
+    ("yaml", "name: a\nage: 3\nname: b\n"),
+    ("toml", 'name = "a"\nname = "b"\n'),
+])
+def test_repeated_keys_are_not_valid_payloads(fmt, text):
+    # json.loads and PyYAML keep the last value silently; a policy under RL learns to
+    # repeat keys, so the format reward refuses them (tomllib already does)
+    res = get_reward(f"{fmt}_format").evaluate(text, {"required": ["name"]})
+    assert res.score == 0.0 and res.reason in ("duplicate_key", "parse_error")
+    unique = {"json": '{"name": "a", "age": 3}', "yaml": "name: a\nage: 3\n", "toml": 'name = "a"\n'}[fmt]
+    assert get_reward(f"{fmt}_format")(unique, {}) == 1.0
