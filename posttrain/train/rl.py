@@ -273,9 +273,8 @@ def run_rl(recipe: RLRecipe, out_dir: str | Path | None = None, resume: bool = F
     history: list[dict] = []
     result = RLResult(step, history)
 
-    def evaluate(at: int) -> dict[str, float]:
-        m = evaluate_policy(ctx.model, ctx.tokenizer, held, eval_set, recipe.rollout, recipe.rewards)
-        return m
+    def evaluate() -> dict[str, float]:
+        return evaluate_policy(ctx.model, ctx.tokenizer, held, eval_set, recipe.rollout, recipe.rewards)
 
     def checkpoint() -> None:
         save_checkpoint(out / "checkpoints", step, ctx.model, ctx.optimizer, ctx.scheduler,
@@ -284,7 +283,7 @@ def run_rl(recipe: RLRecipe, out_dir: str | Path | None = None, resume: bool = F
 
     with sink, Progress("rl", tc.max_steps, start=step, enabled=tc.progress and main) as bar:
         if held and step == 0:
-            result.eval_before = evaluate(0)
+            result.eval_before = evaluate()
             record = {"step": 0, **{f"eval/{k}": v for k, v in result.eval_before.items()}}
             sink.write(record)
             history.append(record)
@@ -293,7 +292,7 @@ def run_rl(recipe: RLRecipe, out_dir: str | Path | None = None, resume: bool = F
             step += 1
             record = {"step": step, **record}
             if held and ((tc.eval_every and step % tc.eval_every == 0) or step == tc.max_steps):
-                ev = evaluate(step)
+                ev = evaluate()
                 record.update({f"eval/{k}": v for k, v in ev.items()})
                 if step == tc.max_steps:
                     result.eval_after = ev

@@ -142,3 +142,24 @@ def test_recipe_errors_name_the_key(tiny_path, tmp_path):
         run_rl(recipe("rewards=[{name: x, reward: nope}]"), tmp_path)
     with pytest.raises(ConfigError, match="set by the trainer"):
         run_rl(recipe("rl.objective_params={num_tokens: 5}"), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", ["none", "lora"])
+def test_kl_to_the_reference_is_logged_and_starts_at_zero(adapter, tiny_path, tmp_path):
+    """beta > 0 loads a reference: a frozen copy for full fine-tuning, the base with the
+    adapter switched off for LoRA. At step 1 the policy equals the reference (a fresh LoRA
+    adds B = 0), so the KL is 0; after an update it is positive."""
+    result = run_rl(recipe(f"model.path={tiny_path}", f"adapter.kind={adapter}", "adapter.r=4",
+                           "train.lr=1e-2", "train.max_steps=2", "rl.objective_params={beta: 0.1}"),
+                    tmp_path)
+    first, second = result.history
+    assert first["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert second["kl"] > 1e-6
+    assert "loss/kl" in first
+
+
+def test_no_reference_without_beta(tiny_path, tmp_path):
+    from posttrain.train.rl import setup
+    ctx, _, _ = setup(recipe(f"model.path={tiny_path}"), tmp_path, resume=False)
+    assert ctx.reference is None
