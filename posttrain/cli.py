@@ -58,6 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     _stage_args(sub.add_parser("sft", help="supervised fine-tuning"))
     _stage_args(sub.add_parser("rl", help="RL from verifiable rewards (grpo, dapo, gspo, sapo, ...)"))
+    _stage_args(sub.add_parser("prefer", help="preference optimisation (dpo, orpo, simpo)"))
+
+    p = sub.add_parser("eval", help="generate and score (or score given predictions) on a benchmark")
+    p.add_argument("task", help="gsm8k, structeval, structured or arithmetic")
+    p.add_argument("--model", help="model directory or hub name (needed unless --predictions)")
+    p.add_argument("--data", help="dataset file (gsm8k: JSONL question/answer; structeval: JSON records)")
+    p.add_argument("--predictions", help="JSONL of completions made elsewhere, one row per example")
+    p.add_argument("--out", default="runs/eval", help="directory for eval_results.json")
+    p.add_argument("--n", type=int, help="only the first n examples")
+    p.add_argument("--samples", type=int, default=1, help="completions per example (pass@k)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--few-shot", type=int, default=0, help="gsm8k: solved examples before the question")
+    p.add_argument("--few-shot-data", help="gsm8k: file the few-shot examples come from (e.g. train)")
+    p.add_argument("--corrected", action="store_true", help="structeval: fix the reference scorer's quirks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="sequences generated together")
+
+    p = sub.add_parser("export", help="merge an adapter into full weights and/or write GGUF for llama.cpp")
+    p.add_argument("ckpt", help="a run's final/ directory (PEFT adapter or full model)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--merge", action="store_true", help="write --out as full HF weights (adapter merged)")
+    p.add_argument("--gguf", metavar="FILE", help="write a GGUF file (relative to --out unless absolute)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "f32", "f16", "bf16"],
+                   help="weight dtype (default: bfloat16 for --merge, f16 for --gguf)")
 
     p = sub.add_parser("demo", help="the main job: SFT then RL of the embedded tiny model")
     p.add_argument("--out", default="runs/demo", help="output directory")
@@ -77,6 +103,29 @@ def cmd_sft(args) -> None:
     out = args.out or recipe.out
     result = run_sft(recipe, out, resume=args.resume)
     _summary("sft", out, result)
+
+
+def cmd_prefer(args) -> None:
+    from .train.prefer import run_prefer
+    recipe = load_recipe(RECIPES["prefer"], find_recipe(args.recipe), args.overrides)
+    out = args.out or recipe.out
+    result = run_prefer(recipe, out, resume=args.resume)
+    _prefer_summary(recipe.prefer.objective, out, result)
+
+
+def _prefer_summary(title: str, out, result) -> None:
+    from .train import dist
+    from .train.metrics import read_metrics
+    if not dist.is_main():
+        return
+    rows = [r for r in read_metrics(out) if "eval/accuracy" in r]
+    table = Table(title=f"{title}: held-out pairs")
+    for col in ("step", "loss", "accuracy", "margin"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["step"]), f"{r['eval/loss']:.4f}", f"{r['eval/accuracy']:.3f}", f"{r['eval/margin']:.3f}")
+    console.print(table)
+    console.print(f"outputs: {out}  (final model: {Path(out) / 'final'})")
 
 
 def cmd_rl(args) -> None:
@@ -113,6 +162,43 @@ def _rl_summary(title: str, out, result) -> None:
         console.print(ev)
     console.print(f"outputs: {out}  (final model: {Path(out) / 'final'}, "
                   f"metrics: {Path(out) / 'metrics.jsonl'})")
+
+
+def cmd_eval(args) -> None:
+    from .eval.run import EvalSettings, run_eval, write_results
+    settings = EvalSettings(
+        task=args.task, model=args.model, data=args.data, predictions=args.predictions, n=args.n,
+        samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, few_shot=args.few_shot, few_shot_data=args.few_shot_data,
+        corrected=args.corrected, seed=args.seed, batch_size=args.batch_size)
+    results = run_eval(settings)
+    path = write_results(results, args.out)
+    table = Table(title=f"{args.task}: {args.model or args.predictions}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in _flat(results["metrics"]).items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+    console.print(f"results: {path}")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def cmd_export(args) -> None:
+    from .models.export import export
+    r = export(args.ckpt, args.out, merge=args.merge, gguf_file=args.gguf, dtype=args.dtype)
+    if r.model_dir:
+        console.print(f"merged model written to {r.model_dir}")
+    if r.gguf_file:
+        console.print(f"GGUF written to {r.gguf_file}")
 
 
 DEMO_METRICS = ("format", "schema", "type", "exact", "reward")
@@ -208,7 +294,8 @@ def _summary(title: str, out, result) -> None:
                   f"metrics: {Path(out) / 'metrics.jsonl'})")
 
 
-COMMANDS = {"tiny-model": cmd_tiny_model, "sft": cmd_sft, "rl": cmd_rl, "demo": cmd_demo}
+COMMANDS = {"tiny-model": cmd_tiny_model, "sft": cmd_sft, "rl": cmd_rl, "prefer": cmd_prefer, "eval": cmd_eval,
+            "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
-    for noisy in ("transformers", "datasets", "httpx", "urllib3"):
+    for noisy in ("transformers", "datasets", "httpx", "urllib3", "gguf"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from .data.chat import TemplateError
     from .data.sources import DataError

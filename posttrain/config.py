@@ -45,8 +45,9 @@ class ModelConfig:
 
 @dataclass
 class AdapterConfig:
-    kind: Literal["none", "lora", "dora"] = "none"
-    """none = full fine-tuning; lora or dora through PEFT."""
+    kind: Literal["none", "lora", "dora", "qlora"] = "none"
+    """none = full fine-tuning; lora or dora through PEFT; qlora = LoRA on a 4-bit NF4 base
+    (bitsandbytes, CUDA only)."""
     r: int = 16
     """Adapter rank."""
     alpha: float = 32.0
@@ -236,7 +237,35 @@ class RLRecipe:
     """Output directory."""
 
 
-RECIPES: dict[str, type] = {"sft": SFTRecipe, "rl": RLRecipe}
+@dataclass
+class PreferConfig:
+    objective: str = "dpo"
+    """Preference objective: dpo, orpo, simpo (docs/objectives.md)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Its parameters (dpo: beta, label_smoothing; orpo: lam; simpo: beta, gamma)."""
+    reference: Literal["precompute", "live"] = "precompute"
+    """For objectives with a reference (dpo): precompute = score every pair once with the
+    initial policy before training (no second model in memory); live = score each batch
+    with the base (adapters disabled) or a frozen copy."""
+
+
+@dataclass
+class PreferRecipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy (usually an SFT checkpoint's final/ directory)."""
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    """Adapter (or none for full fine-tuning)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Pair sources: {prompt, chosen, rejected} rows, or builtin structured / arithmetic pairs."""
+    prefer: PreferConfig = field(default_factory=PreferConfig)
+    """Objective and reference."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimizer and loop; batch_size counts pairs."""
+    out: str = "runs/prefer"
+    """Output directory."""
+
+
+RECIPES: dict[str, type] = {"sft": SFTRecipe, "rl": RLRecipe, "prefer": PreferRecipe}
 
 
 # --------------------------------------------------------------------------- loading

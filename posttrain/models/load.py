@@ -111,9 +111,15 @@ def load_model(cfg: ModelConfig, adapter: AdapterConfig | None = None):
         # Materialise weights straight on the accelerator instead of staging a full
         # copy in host memory (matters for multi-GB checkpoints).
         kwargs["device_map"] = str(device)
+    if adapter is not None and adapter.kind == "qlora":
+        kwargs["quantization_config"] = qlora_config(device, dtype)
     model = _from_pretrained(AutoModelForCausalLM, path, "model", **kwargs)
     if device.type == "cpu":
         model.to(device)
+    if adapter is not None and adapter.kind == "qlora":
+        from peft import prepare_model_for_kbit_training
+        # casts norms to fp32 and enables input grads, as 4-bit training needs
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
 
     use_adapter = adapter is not None and adapter.kind != "none"
     if cfg.gradient_checkpointing:
@@ -129,6 +135,28 @@ def load_model(cfg: ModelConfig, adapter: AdapterConfig | None = None):
     if use_adapter:
         model = apply_adapter(model, adapter)
     return model
+
+
+def qlora_config(device: torch.device, dtype: torch.dtype):
+    """bitsandbytes 4-bit NF4 with double quantisation and bf16 compute (Dettmers et al. 2023,
+    QLoRA, arXiv 2305.14314). Needs a CUDA GPU and the bitsandbytes package: anything else is
+    a ConfigError saying what to do, never a crash deep inside transformers.
+
+    Not run in this project's CI (no GPU): the path is written against transformers'
+    BitsAndBytesConfig and PEFT's prepare_model_for_kbit_training."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ConfigError(
+            "adapter.kind=qlora quantises the base model to 4-bit NF4 with bitsandbytes, which needs "
+            f"a CUDA GPU; this run is on {device.type}. Use adapter.kind=lora (the same adapter on "
+            "a 16/32-bit base) here, or run on a GPU with `pip install bitsandbytes`.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("adapter.kind=qlora needs the bitsandbytes package: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+    compute = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
 
 
 def enable_checkpointing(model) -> None:
@@ -167,8 +195,8 @@ def apply_adapter(model, adapter: AdapterConfig):
     """
     if adapter.kind == "none":
         return model
-    if adapter.kind not in ("lora", "dora"):
-        raise ConfigError(f"adapter.kind: unknown {adapter.kind!r}; known: none, lora, dora")
+    if adapter.kind not in ("lora", "dora", "qlora"):
+        raise ConfigError(f"adapter.kind: unknown {adapter.kind!r}; known: none, lora, dora, qlora")
     lora = LoraConfig(
         r=adapter.r,
         lora_alpha=adapter.alpha,

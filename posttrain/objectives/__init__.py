@@ -24,6 +24,7 @@ from .kl import KL_ESTIMATORS, kl_estimate
 from .loss import MODIFIERS, LossOut, objective_normalisers, objective_params, policy_loss
 from .masks import entropy_mask, entropy_threshold
 from .policy import POLICY_LOSSES, SURROGATES, PolicyObjective, Surrogate, register_objective
+from .preference import PREFERENCE_LOSSES, preference_loss
 from .ratio import MISMATCH_MODES, RATIOS, mismatch_weights
 
 __all__ = [

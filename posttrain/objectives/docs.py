@@ -18,6 +18,7 @@ from .aggregate import AGGREGATIONS
 from .kl import KL_ESTIMATORS
 from .loss import MODIFIERS
 from .policy import POLICY_LOSSES, SURROGATES
+from .preference import PREFERENCE_LOSSES
 from .ratio import MISMATCH_MODES, RATIOS
 
 DOCS_PATH = Path(__file__).resolve().parents[2] / "docs" / "objectives.md"
@@ -96,6 +97,16 @@ def objectives_markdown() -> str:
                     [[f"`{k}`", _fmt(d), doc] for k, (d, doc) in MODIFIERS.items()])
     lines += ["", "### Metrics", "", "Detached 0-dim tensors, means over valid tokens of the batch.", ""]
     lines += _table(["keys", "meaning"], [[f"`{k}`", v] for k, v in METRICS.items()])
+    lines += ["", "## Preference objectives", "",
+              "`posttrain.objectives.preference_loss(name, chosen_logp, rejected_logp, ref_chosen_logp=None,",
+              "ref_rejected_logp=None, chosen_len=None, rejected_len=None, **params)` -> `LossOut`; log-probs are",
+              "per-sequence sums `(B,)`, lengths token counts. The trainer (`posttrain prefer`) asks the spec",
+              "whether it needs a reference or lengths.", ""]
+    lines += _table(["name", "loss", "parameters", "reference", "lengths", "paper"], [
+        [f"`{n}`", f"`{o.formula}`", ", ".join(f"`{k}={v!r}`" for k, v in o.defaults().items()),
+         "yes" if o.needs_reference else "no", "yes" if o.needs_lengths else "no", o.paper]
+        for n, o in PREFERENCE_LOSSES.items()])
+    lines += [""] + [f"- `{n}`: {o.note}" for n, o in PREFERENCE_LOSSES.items() if o.note]
     return "\n".join(lines)
 
 

@@ -186,3 +186,13 @@ def test_hub_failure_is_reworded_with_the_name():
 
     with pytest.raises(OSError, match="org/model.*Hugging Face Hub.*couldn't connect"):
         load._from_pretrained(Unreachable, "org/model", "model")
+
+
+def test_qlora_without_a_gpu_is_a_clear_error(tiny_path):
+    import torch
+    from posttrain.config import AdapterConfig, ConfigError, ModelConfig
+    from posttrain.models.load import load_model
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the message is for machines without one")
+    with pytest.raises(ConfigError, match="needs a CUDA GPU.*adapter.kind=lora"):
+        load_model(ModelConfig(path=str(tiny_path), device="cpu"), AdapterConfig(kind="qlora", r=4))
