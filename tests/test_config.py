@@ -28,8 +28,8 @@ def test_unknown_section_suggests_the_section():
 def test_wrong_type_names_key_expected_and_given():
     with pytest.raises(ConfigError, match=r"'train.max_steps' should be int, got 'many' \(str\)"):
         load_recipe(SFTRecipe, None, ["train.max_steps=many"])
-    with pytest.raises(ConfigError, match=r"'adapter.kind' should be 'none' \| 'lora' \| 'dora', got 'qlora'"):
-        load_recipe(SFTRecipe, None, ["adapter.kind=qlora"])
+    with pytest.raises(ConfigError, match=r"'adapter.kind' should be 'none' \| 'lora' \| 'dora' \| 'qlora', got 'ia3'"):
+        load_recipe(SFTRecipe, None, ["adapter.kind=ia3"])
     with pytest.raises(ConfigError, match=r"'train.batch_size' should be int, got 2.5"):
         load_recipe(SFTRecipe, None, ["train.batch_size=2.5"])
     with pytest.raises(ConfigError, match=r"'model.trust_remote_code' should be bool"):

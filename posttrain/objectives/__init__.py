@@ -31,5 +31,5 @@ __all__ = [
     "AGGREGATIONS", "KL_ESTIMATORS", "MISMATCH_MODES", "MODIFIERS", "POLICY_LOSSES", "RATIOS",
     "SURROGATES", "LossOut", "PolicyObjective", "Surrogate", "aggregate", "entropy_mask",
     "entropy_threshold", "kl_estimate", "mismatch_weights", "objective_normalisers",
-    "objective_params", "policy_loss", "register_objective",
+    "objective_params", "policy_loss", "register_objective", "PREFERENCE_LOSSES", "preference_loss",
 ]
