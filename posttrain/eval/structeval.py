@@ -98,7 +98,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from posttrain.rewards.structured import MAX_PAYLOAD_CHARS, CsvTable, parse_payload, strip_think
-from posttrain.rewards.structured import _LimitedYamlLoader  # its limits; the key rule differs
+from posttrain.rewards.structured import LimitedYamlLoader  # its limits; the key rule differs
 
 MAX_GENERATION_CHARS = 2_000_000
 PAYLOAD_PREVIEW_CHARS = 500
@@ -217,7 +217,7 @@ class _Unsafe(Exception):
     pass
 
 
-class _BenchYamlLoader(_LimitedYamlLoader):
+class _BenchYamlLoader(LimitedYamlLoader):
     """yaml.safe_load's semantics (a repeated key keeps the last value) under the alias,
     node and depth limits of the rewards' loader."""
 
