@@ -30,7 +30,7 @@ from posttrain.config import SourceConfig
 from posttrain.data import tasks
 from posttrain.data.example import validate_messages
 from posttrain.data.mix import mix
-from posttrain.data.sources import DataError, _missing  # noqa: F401  (re-exported error type)
+from posttrain.data.sources import DataError
 from posttrain.data import sources as _src
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected", "system", "id")

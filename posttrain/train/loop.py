@@ -14,16 +14,13 @@ the gradient of one big batch, whatever the micro-batch split.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 
@@ -149,6 +146,23 @@ class LoopResult:
     last_loss: float | None
     history: list[dict] = field(default_factory=list)
     eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def start_run(recipe, out_dir: str | Path | None, resume: bool) -> Path:
+    """What every stage does first: make the output directory, join torch.distributed when
+    launched by torchrun (one device per process), and write the resolved recipe (on
+    --resume, first warn about settings that differ from the run being continued)."""
+    from ..config import save_recipe, warn_if_recipe_changed
+    out = Path(out_dir or recipe.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dist.init_from_env()
+    if dist.is_main():
+        if resume:
+            warn_if_recipe_changed(recipe, out / "recipe.yaml")
+        save_recipe(recipe, out / "recipe.yaml")
+    if dist.local_device():
+        recipe.model.device = dist.local_device()
+    return out
 
 
 def seed_everything(seed: int) -> None:

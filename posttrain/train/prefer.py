@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, PreferRecipe, save_recipe, warn_if_recipe_changed
+from ..config import ConfigError, PreferRecipe
 from ..data.chat import IGNORE, Tokenized, collate, tokenize_chat, tokenize_prompt
 from ..data.pairs import Pair, load_pairs
 from ..models.load import count_parameters, load_model, load_tokenizer
 from ..models.logprobs import model_token_logprobs
 from ..objectives import PREFERENCE_LOSSES, preference_loss
 from . import dist
-from .loop import BatchStream, LoopResult, seed_everything, train_loop
+from .loop import BatchStream, LoopResult, seed_everything, start_run, train_loop
 from .sft import shift_labels
 
 log = logging.getLogger("posttrain")
@@ -161,19 +161,11 @@ def make_eval_fn(items: list[PairItem], loss: PreferenceLoss, pad_id: int, batch
 
 def run_prefer(recipe: PreferRecipe, out_dir: str | Path | None = None, resume: bool = False,
                on_step=None) -> LoopResult:
-    out = Path(out_dir or recipe.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dist.init_from_env()
     try:
         spec = PREFERENCE_LOSSES.get(recipe.prefer.objective)
     except KeyError as e:
         raise ConfigError(f"prefer.objective: {e}") from None
-    if dist.is_main():
-        if resume:
-            warn_if_recipe_changed(recipe, out / "recipe.yaml")
-        save_recipe(recipe, out / "recipe.yaml")
-    if dist.local_device():
-        recipe.model.device = dist.local_device()
+    out = start_run(recipe, out_dir, resume)
     tc, dc = recipe.train, recipe.data
     seed_everything(tc.seed)
     tokenizer = load_tokenizer(recipe.model)

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from ..advantages import compute_advantages
-from ..config import ConfigError, RLRecipe, RewardComponent, save_recipe, warn_if_recipe_changed
+from ..config import ConfigError, RLRecipe, RewardComponent
 from ..data.chat import IGNORE, tokenize_prompt
 from ..data.example import Example
 from ..data.sources import load_sources
@@ -58,7 +58,7 @@ from ..rollout import ENGINES, RolloutWeights, SamplingParams
 from . import dist
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .loop import (BatchStream, TrainingError, lr_factor, make_optimizer, optimizer_step,
-                   resolve_precision, seed_everything)
+                   resolve_precision, seed_everything, start_run)
 from .metrics import MetricsSink, NullSink, Progress
 
 log = logging.getLogger("posttrain")
@@ -256,15 +256,7 @@ def setup(recipe: RLRecipe, out: Path, resume: bool) -> tuple[RLContext, int, li
 
 def run_rl(recipe: RLRecipe, out_dir: str | Path | None = None, resume: bool = False,
            on_step=None) -> RLResult:
-    out = Path(out_dir or recipe.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dist.init_from_env()
-    if dist.is_main():
-        if resume:
-            warn_if_recipe_changed(recipe, out / "recipe.yaml")
-        save_recipe(recipe, out / "recipe.yaml")
-    if dist.local_device():
-        recipe.model.device = dist.local_device()
+    out = start_run(recipe, out_dir, resume)
     ctx, step, held = setup(recipe, out, resume)
     tc = recipe.train
     eval_set = reward_set(recipe.rewards + recipe.eval_rewards) if held else None

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import SFTRecipe, save_recipe, warn_if_recipe_changed
+from ..config import SFTRecipe
 from ..data.chat import IGNORE, Tokenized, collate, pack, tokenize_chat
 from ..data.example import Example
 from ..data.sources import load_sources
 from ..models.load import count_parameters, load_model, load_tokenizer
 from ..models.logprobs import model_token_logprobs
 from . import dist
-from .loop import BatchStream, LoopResult, seed_everything, train_loop
+from .loop import BatchStream, LoopResult, seed_everything, start_run, train_loop
 
 log = logging.getLogger("posttrain")
 
@@ -83,16 +83,8 @@ def make_eval_fn(items: list[Tokenized], pad_id: int, batch_size: int, chunk_siz
 
 def run_sft(recipe: SFTRecipe, out_dir: str | Path | None = None, resume: bool = False,
             on_step=None) -> LoopResult:
-    out = Path(out_dir or recipe.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dist.init_from_env()
-    if dist.is_main():
-        if resume:
-            warn_if_recipe_changed(recipe, out / "recipe.yaml")
-        save_recipe(recipe, out / "recipe.yaml")
+    out = start_run(recipe, out_dir, resume)
     tc, dc = recipe.train, recipe.data
-    if dist.local_device():  # under torchrun on GPUs: one device per process
-        recipe.model.device = dist.local_device()
     seed_everything(tc.seed)
     # data first: a bad row should fail before a multi-GB model is loaded
     tokenizer = load_tokenizer(recipe.model)
