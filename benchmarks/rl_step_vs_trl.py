@@ -1,0 +1,730 @@
+"""One RL step, posttrain vs TRL's GRPOTrainer: seconds per step, generated tokens/s, peak RSS.
+
+Both sides run the same work per optimizer step:
+
+  * model      the built-in tiny model (`builtin:tiny`, a 0.92M-parameter Qwen3ForCausalLM,
+               fp32, SDPA attention), loaded from the same directory, full fine-tuning with
+               AdamW at --lr (posttrain: torch.optim.AdamW; TRL: its default
+               adamw_torch_fused), no weight decay; the schedules differ (posttrain cosine,
+               TRL constant), which changes no work
+  * prompts    P prompts of the built-in structured task (data.train = builtin structured,
+               n = 256), rendered with the tokenizer's chat template. Both sides see the SAME
+               prompts at every step: the TRL dataset is laid out in the order posttrain's
+               prompt stream (`BatchStream`, seed --seed) draws them, and TRL reads it unshuffled
+  * sampling   G completions per prompt, temperature 1, top_p 1, top_k 0, at most L new tokens
+               (posttrain rollout.max_new_tokens = TRL max_completion_length), ending at
+               EOS / <|im_end|>; no vLLM (posttrain: its HF engine; TRL: `model.generate`)
+  * reward     one cheap reward, the same function on both sides: the share of the
+               completion's characters that are JSON punctuation ({}[]":,). posttrain runs it
+               through its registry and safe wrapper (`register_reward`, default isolation:
+               a forked worker process); TRL calls it in-process, as GRPOTrainer does
+  * objective  --objective dapo (default): clip-higher eps 0.2 / 0.28, token-mean over the
+               step's tokens (posttrain rl.objective=dapo; TRL loss_type="dapo",
+               epsilon=0.2, epsilon_high=0.28); or grpo: eps 0.2 / 0.2, mean over each
+               sequence's tokens then over sequences (TRL loss_type="grpo"). Both: group
+               advantages (r - mean) / std within each prompt's G completions (TRL
+               scale_rewards="group"), beta = 0 (no reference model), one update per step
+               (num_iterations = 1), gradient clipping at 1.0
+  * batching   the whole step is one forward/backward: posttrain train.batch_size = P*G;
+               TRL per_device_train_batch_size = P*G, num_generations = G,
+               gradient_accumulation_steps = 1. No gradient checkpointing on either side
+               (GRPOConfig defaults it to True; it is set False here), fp32 (bf16=False)
+
+What one step is, on each side:
+
+  posttrain  the wall time of one `posttrain.train.rl.rl_step(ctx)` call: rollout,
+             reward, advantages, update (one AdamW step), metrics
+  TRL        the wall time from the trainer's `on_step_begin` callback of step k to its
+             `on_step_begin` of step k+1: generation, reward, advantages, forward/backward,
+             clip + AdamW + scheduler step, TRL's own bookkeeping and the next batch's fetch
+
+Each side runs in its own long-lived worker subprocess (so each side's peak RSS is its own),
+driven one step at a time over a pipe: --warmup steps each (alternating), then --steps timed
+rounds; in round i one side steps and then the other, the side going first alternating from
+round to round, so load changes on the machine hit both sides alike. Only one side computes
+at a time; torch uses its default thread count in both (--threads to override). Each
+configuration in --configs (P,G,L) gets two fresh workers.
+
+Per side and configuration the JSON gives:
+  s_per_step         median wall seconds of the timed steps (s_per_step_mean, times_s too)
+  tokens_per_s       generated completion tokens of the timed steps / their total seconds:
+                     the fair speed figure when the two sides' completions end at different
+                     lengths (a sampled EOS ends a completion early on either side)
+  tokens_per_step    mean generated completion tokens per step (P * G * mean length)
+  split_s            mean seconds per step in rollout (generation), reward and the rest
+                     (advantages + update + bookkeeping). posttrain: its own time/* metrics;
+                     TRL: timers wrapped around `_generate_single_turn` and the reward call
+  peak_rss_mib       the worker process's resident-set high-water mark over its whole life
+                     (VmHWM; imports, model, setup, warm-up and timed steps)
+  rss_after_setup_mib  VmRSS when the worker is ready to step (imports + model + trainer)
+  peak_rss_setup_warmup_mib  VmHWM through setup and the warm-up steps
+  rss_before_timed_mib  VmRSS after the warm-up steps
+  timed_peak_increase_mib  VmHWM over the timed steps minus rss_before_timed_mib (VmHWM is
+                     reset through /proc/self/clear_refs after warm-up)
+  reward_worker_peak_rss_mib  (posttrain) VmHWM of its forked reward-worker process, which
+                     is not in peak_rss_mib
+  cpu_s_per_step     median CPU-seconds (user + system) the side's processes used per step
+  foreign_cpu_s      CPU-seconds that processes outside this benchmark used while this side
+                     was timed (/proc/stat busy time minus this benchmark's process tree), and
+                     foreign_cpu_s_max_step, the most in one step: about 0 on a quiet machine;
+                     a step with a large figure shared the 2 cores with someone else
+And per configuration:
+  ratio              TRL s_per_step / posttrain s_per_step (> 1: posttrain is faster)
+  tokens_ratio       posttrain tokens_per_s / TRL tokens_per_s (> 1: posttrain is faster)
+and `growth`: each side's s_per_step and tokens_per_s in the last configuration over the
+first, next to the growth in P * G * L. `effective` (per side) holds the settings read back
+from each side's trainer after setup, to show they match.
+
+--profile N runs no comparison: it times N posttrain steps of the first configuration after
+--warmup, then runs N more under cProfile and prints, per phase, the cumulative seconds per
+step of the main functions (model forward, sampling, KV cache, reward round trips, update
+forward, backward, optimizer) and the top functions by own time. cProfile adds about 10%.
+
+    python benchmarks/rl_step_vs_trl.py                         # ~1 min on 2 idle CPU cores
+    python benchmarks/rl_step_vs_trl.py --configs 4,4,64 --steps 3
+    python benchmarks/rl_step_vs_trl.py --profile 3             # cProfile of posttrain steps only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+JSON_PUNCT = set('{}[]":,')
+OBJECTIVES = {  # posttrain objective -> the matching TRL settings
+    "dapo": {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": 0.28},
+    "grpo": {"loss_type": "grpo", "epsilon": 0.2, "epsilon_high": 0.2},
+}
+
+
+def json_punct_share(completion: str) -> float:
+    """The reward both sides use: share of characters that are JSON punctuation, in [0, 1]."""
+    if not completion:
+        return 0.0
+    return sum(ch in JSON_PUNCT for ch in completion) / len(completion)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", nargs="+", default=["4,4,64", "4,8,128"],
+                    help="P,G,L: prompts per step, completions per prompt, max new tokens")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
+    ap.add_argument("--objective", default="dapo", choices=sorted(OBJECTIVES))
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="instead of the comparison: cProfile N posttrain steps (after --warmup) "
+                         "of the first configuration and print the top costs per phase to stderr")
+    ap.add_argument("--worker", choices=["posttrain", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--model-path", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def parse_config(text: str) -> tuple[int, int, int]:
+    try:
+        p, g, length = (int(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--configs: {text!r} is not P,G,L (e.g. 4,8,128)") from None
+    if p < 1 or g < 2 or length < 1:
+        raise SystemExit(f"--configs {text}: need P >= 1, G >= 2 (GRPO needs a group), L >= 1")
+    return p, g, length
+
+
+# ---- memory ---------------------------------------------------------------------------
+
+
+def _status_kib(field: str, pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+# ---- cpu accounting: was anything else running? -------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_s() -> float:
+    """CPU-seconds spent busy on all CPUs since boot (/proc/stat: all but idle and iowait)."""
+    vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(vals) - vals[3] - vals[4]) / CLK_TCK
+
+
+def _tree_cpu_s(root: int) -> float:
+    """utime + stime of `root` and all its live descendants (this benchmark's processes)."""
+    parent, cpu = {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            text = (d / "stat").read_text()
+        except OSError:
+            continue
+        rest = text[text.rfind(")") + 2:].split()
+        parent[int(d.name)] = int(rest[1])
+        cpu[int(d.name)] = (int(rest[11]) + int(rest[12])) / CLK_TCK
+    total = 0.0
+    for pid, t in cpu.items():
+        p = pid
+        while p and p != root:
+            p = parent.get(p, 0)
+        if p == root:
+            total += t
+    return total
+
+
+# ---- workers: one side each, driven over a pipe ------------------------------------------
+#
+# Protocol (one JSON object per line): the worker writes {"ready": {...}} once set up, then
+# answers each command read from stdin: "step" -> {"step": {...}}, "reset_peak" ->
+# {"reset_peak": ...}, "stop" -> {"final": {...}} and exits. Its stdout (fd 1) is pointed at
+# stderr so library prints cannot corrupt the protocol, which goes to a saved copy of fd 1.
+
+
+class Channel:
+    def __init__(self):
+        self.out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+
+    def send(self, obj: dict) -> None:
+        self.out.write(json.dumps(obj) + "\n")
+        self.out.flush()
+
+    def recv(self) -> str:
+        line = sys.stdin.readline()
+        return line.strip() or "stop"
+
+
+class PeakTracker:
+    """VmHWM before and after the reset that starts the timed steps."""
+
+    def __init__(self):
+        self.setup_rss = self.before_reset = self.base = None
+        self.cleared = False
+
+    def ready(self) -> float:
+        self.setup_rss = _status_kib("VmRSS") / 1024
+        return self.setup_rss
+
+    def reset(self) -> dict:
+        self.before_reset = _status_kib("VmHWM") / 1024
+        self.cleared = _reset_peak()
+        self.base = _status_kib("VmRSS") / 1024
+        return {"cleared": self.cleared}
+
+    def final(self) -> dict:
+        hwm = _status_kib("VmHWM") / 1024
+        before = self.before_reset if self.before_reset is not None else hwm
+        out = {"peak_rss_mib": round(max(hwm, before), 1), "rss_after_setup_mib": round(self.setup_rss, 1)}
+        if self.base is not None:
+            out["peak_rss_setup_warmup_mib"] = round(before, 1)
+            out["rss_before_timed_mib"] = round(self.base, 1)
+            out["timed_peak_increase_mib"] = round(hwm - self.base, 1) if self.cleared else None
+        return out
+
+
+def _threads(args) -> int:
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.get_num_threads()
+
+
+def posttrain_overrides(args, p: int, g: int, length: int) -> list[str]:
+    return [
+        f"model.path={args.model_path}",
+        "data.train=[{kind: builtin, path: structured, n: 256}]",
+        f"data.seed={args.seed}",
+        f"rollout.group_size={g}", f"rollout.max_new_tokens={length}",
+        "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.top_k=0", "rollout.min_p=0.0",
+        "rollout.precision=same", f"rollout.batch_size={max(64, p * g)}",
+        "rewards=[{name: punct, reward: bench_json_punct}]",
+        f"rl.prompts_per_step={p}", f"rl.objective={args.objective}",
+        "rl.advantage=grpo", "rl.advantage_scale=group", "rl.epochs=1", "rl.mini_batches=1",
+        f"train.batch_size={p * g}", f"train.lr={args.lr}", "train.max_grad_norm=1.0",
+        "train.warmup_steps=0", f"train.max_steps={10 * (args.warmup + args.steps + 2)}",
+        "train.progress=false", f"train.seed={args.seed}",
+    ]
+
+
+def posttrain_context(args, p: int, g: int, length: int, out_dir: str):
+    from posttrain.config import RLRecipe, load_recipe
+    from posttrain.rewards import REWARDS, register_reward
+    from posttrain.train import rl
+
+    if "bench_json_punct" not in REWARDS:
+        register_reward("bench_json_punct", checks="share of characters that are JSON punctuation "
+                        "(benchmark only)")(lambda completion, example: json_punct_share(completion))
+    recipe = load_recipe(RLRecipe, None, posttrain_overrides(args, p, g, length))
+    ctx, _, _ = rl.setup(recipe, Path(out_dir), resume=False)
+    return ctx, rl.rl_step
+
+
+def posttrain_effective(ctx) -> dict:
+    """The settings posttrain actually runs with, read back from its context."""
+    from posttrain.models.load import is_checkpointing
+    from posttrain.objectives.loss import objective_params
+
+    rc, rlc = ctx.recipe.rollout, ctx.recipe.rl
+    params = {**objective_params(rlc.objective), **ctx.objective_params}
+    return {"objective": rlc.objective, **{k: params[k] for k in ("eps_low", "eps_high", "beta", "aggregation")},
+            "advantage": rlc.advantage, "advantage_scale": rlc.advantage_scale,
+            "train_batch_size": ctx.recipe.train.batch_size, "rollout_batch_size": rc.batch_size,
+            "gradient_checkpointing": is_checkpointing(ctx.model), "optim": type(ctx.optimizer).__name__,
+            "device": str(ctx.device), "param_dtype": str(next(ctx.model.parameters()).dtype),
+            "reward_isolated": ctx.rewards.rewards[0].spec.isolate}
+
+
+def run_posttrain_worker(args, p: int, g: int, length: int) -> None:
+    from posttrain.rewards import base as reward_base
+
+    chan = Channel()
+    threads = _threads(args)
+    peaks = PeakTracker()
+    with tempfile.TemporaryDirectory() as out_dir:
+        t0 = time.perf_counter()
+        ctx, rl_step = posttrain_context(args, p, g, length, out_dir)
+        chan.send({"ready": {"setup_s": round(time.perf_counter() - t0, 2), "threads": threads,
+                             "rss_mib": round(peaks.ready(), 1), "effective": posttrain_effective(ctx)}})
+        while True:
+            cmd = chan.recv()
+            if cmd == "step":
+                t = time.perf_counter()
+                rec = rl_step(ctx)
+                dt = time.perf_counter() - t
+                chan.send({"step": {"s": dt, "tokens": rec["completion_len/mean"] * p * g,
+                                    "rollout_s": rec["time/rollout"], "reward_s": rec["time/reward"],
+                                    "completion_len_mean": rec["completion_len/mean"],
+                                    "truncated_frac": rec["truncated_frac"], "reward_mean": rec["reward/mean"]}})
+            elif cmd == "reset_peak":
+                chan.send({"reset_peak": peaks.reset()})
+            else:
+                final = peaks.final()
+                proc = reward_base._WORKER.proc  # the forked reward worker, if it was started
+                if proc is not None and proc.is_alive():
+                    final["reward_worker_peak_rss_mib"] = round(_status_kib("VmHWM", proc.pid) / 1024, 1)
+                chan.send({"final": final})
+                return
+
+
+def trl_dataset(args, p: int, n_steps: int):
+    """The prompts in the order posttrain's stream draws them (same sources, seed and batch)."""
+    from datasets import Dataset
+
+    from posttrain.config import SourceConfig
+    from posttrain.data.sources import load_sources
+    from posttrain.train.loop import BatchStream
+
+    examples = load_sources([SourceConfig(kind="builtin", path="structured", n=256)], seed=args.seed)
+    stream = BatchStream(examples, p, lambda b: b, seed=args.seed, shard=(0, 1))
+    ordered = [ex for _ in range(n_steps) for ex in stream.next()]
+    return Dataset.from_list([{"prompt": ex.prompt_messages} for ex in ordered])
+
+
+def trl_effective(trainer) -> dict:
+    """The settings GRPOTrainer actually runs with, read back from the trainer."""
+    a, m = trainer.args, trainer.model
+    return {"loss_type": trainer.loss_type, "epsilon_low": trainer.epsilon_low,
+            "epsilon_high": trainer.epsilon_high, "beta": trainer.beta, "scale_rewards": trainer.scale_rewards,
+            "num_iterations": trainer.num_iterations, "generation_batch_size": a.generation_batch_size,
+            "steps_per_generation": a.steps_per_generation,
+            "gradient_checkpointing": bool(getattr(m, "is_gradient_checkpointing", False)),
+            "optim": str(a.optim), "device": str(a.device), "param_dtype": str(next(m.parameters()).dtype)}
+
+
+def trl_config(args, p: int, g: int, length: int, out_dir: str, max_steps: int):
+    """GRPOConfig for the same step as posttrain's (see the module docstring)."""
+    import trl
+
+    return trl.GRPOConfig(
+        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=p * g, num_generations=g, gradient_accumulation_steps=1,
+        max_completion_length=length, temperature=1.0, top_p=1.0, top_k=0, min_p=None,
+        beta=0.0, num_iterations=1, scale_rewards="group", **OBJECTIVES[args.objective],
+        mask_truncated_completions=False, use_vllm=False, shuffle_dataset=False,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0, max_steps=max_steps, seed=args.seed, data_seed=args.seed,
+        report_to=[], logging_strategy="no", save_strategy="no", eval_strategy="no",
+        disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
+    )
+
+
+def trl_stepper(trainer, chan: Channel, peaks: PeakTracker, acc: dict, threads: int, t_start: float):
+    """A callback that holds the trainer at each step boundary until the driver says "step",
+    and reports the previous step (its time runs from one on_step_begin to the next)."""
+    from transformers import TrainerCallback
+
+    class Stepper(TrainerCallback):
+        t0 = None
+
+        def on_step_begin(self, args_, state, control, **kw):
+            now = time.perf_counter()
+            if self.t0 is None:
+                chan.send({"ready": {"setup_s": round(now - t_start, 2), "threads": threads,
+                                     "rss_mib": round(peaks.ready(), 1), "effective": trl_effective(trainer)}})
+            else:
+                n = max(len(acc["rewards"]), 1)
+                chan.send({"step": {"s": now - self.t0, "tokens": acc["tokens"],
+                                    "rollout_s": acc["rollout_s"], "reward_s": acc["reward_s"],
+                                    "completion_len_mean": acc["tokens"] / n,
+                                    "truncated_frac": acc["truncated"] / n,
+                                    "reward_mean": sum(acc["rewards"]) / n}})
+            while True:
+                cmd = chan.recv()
+                if cmd == "reset_peak":
+                    chan.send({"reset_peak": peaks.reset()})
+                elif cmd == "step":
+                    acc.update(tokens=0, rollout_s=0.0, reward_s=0.0, truncated=0, rewards=[])
+                    self.t0 = time.perf_counter()
+                    return control
+                else:
+                    chan.send({"final": peaks.final()})
+                    chan.out.close()
+                    os._exit(0)  # the trainer is mid-loop; nothing of it needs saving
+
+    return Stepper()
+
+
+def run_trl_worker(args, p: int, g: int, length: int) -> None:
+    chan = Channel()
+    threads, t_start = _threads(args), time.perf_counter()
+    peaks = PeakTracker()
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_path)
+    model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype="float32")
+    max_steps = 10 * (args.warmup + args.steps + 2)  # more than the driver asks for: it stops us
+    dataset = trl_dataset(args, p, max_steps)
+    acc = {"tokens": 0, "rollout_s": 0.0, "reward_s": 0.0, "truncated": 0, "rewards": []}
+    gen_eos = model.generation_config.eos_token_id
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])}
+
+    def reward_fn(prompts, completions, completion_ids, **kwargs):
+        t = time.perf_counter()
+        scores = [json_punct_share(c[0]["content"] if isinstance(c, list) else c) for c in completions]
+        acc["reward_s"] += time.perf_counter() - t
+        # bookkeeping for the benchmark, outside the reward's timer
+        acc["tokens"] += sum(len(ids) for ids in completion_ids)
+        acc["truncated"] += sum(bool(ids) and ids[-1] not in ends for ids in completion_ids)
+        acc["rewards"] += scores
+        return scores
+
+    reward_fn.__name__ = "json_punct_share"
+    with tempfile.TemporaryDirectory() as out_dir:
+        trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward_fn], processing_class=tokenizer,
+                                  args=trl_config(args, p, g, length, out_dir, max_steps),
+                                  train_dataset=dataset)
+        generate = trainer._generate_single_turn
+
+        def timed_generate(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return generate(*a, **kw)
+            finally:
+                acc["rollout_s"] += time.perf_counter() - t
+
+        trainer._generate_single_turn = timed_generate  # a timer only; behaviour unchanged
+        trainer.add_callback(trl_stepper(trainer, chan, peaks, acc, threads, t_start))
+        trainer.train()
+        raise RuntimeError(f"TRL ran out of its {max_steps} steps before the driver said stop")
+
+
+# ---- driver -------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, side: str, config: str, argv: list[str], model_path: str, log_dir: Path):
+        self.side = side
+        self.log = log_dir / f"{side}-{config.replace(',', 'x')}.log"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--configs", config,
+               "--worker", side, "--model-path", model_path]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log.open("w"), text=True, bufsize=1)
+
+    def read(self, key: str):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            tail = self.log.read_text()[-4000:]
+            raise SystemExit(f"{self.side} worker exited (code {self.proc.returncode}) waiting for "
+                             f"{key!r}; the end of its log {self.log}:\n{tail}")
+        msg = json.loads(line)
+        if key not in msg:
+            raise SystemExit(f"{self.side} worker: expected {key!r}, got {msg}")
+        return msg[key]
+
+    def ask(self, cmd: str, key: str):
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self.read(key)
+
+    def close(self) -> dict:
+        final = self.ask("stop", "final")
+        self.proc.wait(timeout=60)
+        return final
+
+
+def summarise(steps: list[dict], final: dict, ready: dict) -> dict:
+    times = [s["s"] for s in steps]
+    total_s, tokens = sum(times), sum(s["tokens"] for s in steps)
+    n = len(steps)
+    rollout = sum(s["rollout_s"] for s in steps) / n
+    reward = sum(s["reward_s"] for s in steps) / n
+    return {
+        "s_per_step": round(statistics.median(times), 4),
+        "s_per_step_mean": round(total_s / n, 4),
+        "times_s": [round(t, 4) for t in times],
+        "tokens_per_s": round(tokens / total_s, 1),
+        "tokens_per_step": round(tokens / n, 1),
+        "completion_len_mean": round(statistics.mean(s["completion_len_mean"] for s in steps), 2),
+        "truncated_frac": round(statistics.mean(s["truncated_frac"] for s in steps), 3),
+        "reward_mean": round(statistics.mean(s["reward_mean"] for s in steps), 4),
+        "split_s": {"rollout": round(rollout, 4), "reward": round(reward, 4),
+                    "rest": round(total_s / n - rollout - reward, 4)},
+        "cpu_s_per_step": round(statistics.median(s["cpu_s"] for s in steps), 3),
+        "foreign_cpu_s": round(sum(s["foreign_cpu_s"] for s in steps), 2),
+        "foreign_cpu_s_max_step": round(max(s["foreign_cpu_s"] for s in steps), 2),
+        "setup_s": ready["setup_s"],
+        **final,
+        "effective": ready.get("effective"),
+    }
+
+
+def run_config(config: str, argv: list[str], args, model_path: str, log_dir: Path) -> dict:
+    p, g, length = parse_config(config)
+    workers = {side: Worker(side, config, argv, model_path, log_dir) for side in ("posttrain", "trl")}
+    try:
+        ready = {side: w.read("ready") for side, w in workers.items()}
+        print(f"  [{config}] ready: " + ", ".join(f"{k} setup {v['setup_s']} s, {v['rss_mib']} MiB"
+                                                 for k, v in ready.items()), file=sys.stderr)
+        steps = {side: [] for side in workers}
+        order = ["posttrain", "trl"]
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                for w in workers.values():
+                    w.ask("reset_peak", "reset_peak")
+            for side in (order if i % 2 == 0 else order[::-1]):
+                busy0, mine0, side0 = _busy_s(), _tree_cpu_s(os.getpid()), _tree_cpu_s(workers[side].proc.pid)
+                r = workers[side].ask("step", "step")
+                busy1, mine1, side1 = _busy_s(), _tree_cpu_s(os.getpid()), _tree_cpu_s(workers[side].proc.pid)
+                r["cpu_s"] = side1 - side0
+                r["foreign_cpu_s"] = max(0.0, (busy1 - busy0) - (mine1 - mine0))
+                if i >= args.warmup:
+                    steps[side].append(r)
+                print(f"  [{config}] {'warm-up' if i < args.warmup else 'timed'} step {i} {side}: "
+                      f"{r['s']:.3f} s, {r['tokens']:.0f} tokens, cpu {r['cpu_s']:.2f} s, "
+                      f"other processes {r['foreign_cpu_s']:.2f} cpu-s", file=sys.stderr)
+        finals = {side: w.close() for side, w in workers.items()}
+    finally:
+        for w in workers.values():
+            if w.proc.poll() is None:
+                w.proc.kill()
+    out = {side: summarise(steps[side], finals[side], ready[side]) for side in workers}
+    out["threads"] = ready["posttrain"]["threads"]
+    out["prompts"], out["group_size"], out["max_new_tokens"] = p, g, length
+    out["ratio"] = round(out["trl"]["s_per_step"] / out["posttrain"]["s_per_step"], 3)
+    out["ratio_mean"] = round(out["trl"]["s_per_step_mean"] / out["posttrain"]["s_per_step_mean"], 3)
+    out["tokens_ratio"] = round(out["posttrain"]["tokens_per_s"] / out["trl"]["tokens_per_s"], 3)
+    return out
+
+
+def _profile_targets() -> dict:
+    """{phase: [(label, function)]}: what --profile reports, as cumulative seconds per step.
+    Qwen3ForCausalLM.forward is called only by generation (the update runs the backbone,
+    Qwen3Model, through model_token_logprobs), so it is the rollout's model time."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
+
+    from posttrain.models.logprobs import model_token_logprobs
+    from posttrain.objectives.loss import policy_loss
+    from posttrain.rewards.base import RewardSet, _Worker
+    from posttrain.rollout.hf import HFEngine, sample_next
+    from posttrain.train import rl
+    from posttrain.train.loop import optimizer_step
+
+    exponential = "<method 'exponential_' of 'torch._C.TensorBase' objects>"
+    return {
+        "rollout": [("engine.generate (whole rollout)", HFEngine.generate),
+                    ("model forward (Qwen3ForCausalLM, prefill + decode)", Qwen3ForCausalLM.forward),
+                    ("KV-cache update (DynamicLayer.update, torch.cat)", DynamicLayer.update),
+                    ("sample_next (log_softmax, softmax, Gumbel, gather)", sample_next),
+                    ("Tensor.exponential_ (Gumbel noise, inside sample_next)", exponential),
+                    ("tokenizer.decode (HFEngine._text)", HFEngine._text)],
+        "reward": [("RewardSet.evaluate (whole reward)", RewardSet.evaluate),
+                   ("reward-worker round trips (_Worker.call)", _Worker.call)],
+        "train": [("_update (whole update)", rl._update),
+                  ("model_token_logprobs (backbone forward + chunked head)", model_token_logprobs),
+                  ("backward", torch.Tensor.backward),
+                  ("policy_loss", policy_loss),
+                  ("optimizer_step (clip + AdamW + schedule)", optimizer_step),
+                  ("build_batch (before the update)", rl.build_batch)],
+    }
+
+
+def _profile_rows(stats, steps: int) -> dict:
+    """{phase: {label: cumulative seconds per step}} from a pstats.Stats."""
+    import inspect
+
+    by_key = {key: ct for key, (_cc, _nc, _tt, ct, _callers) in stats.stats.items()}
+    out = {}
+    for phase, rows in _profile_targets().items():
+        out[phase] = {}
+        for label, fn in rows:
+            if isinstance(fn, str):  # a builtin: pstats keys it as ("~", 0, name)
+                key = ("~", 0, fn)
+            else:
+                code = inspect.unwrap(fn).__code__
+                key = (code.co_filename, code.co_firstlineno, code.co_name)
+            out[phase][label] = round(by_key.get(key, 0.0) / steps, 4)
+    return out
+
+
+def profile_posttrain(args) -> None:
+    """cProfile --profile posttrain steps (after --warmup) of the first configuration."""
+    import cProfile
+    import io
+    import pstats
+
+    p, g, length = parse_config(args.configs[0])
+    threads = _threads(args)
+    with tempfile.TemporaryDirectory() as out_dir:
+        ctx, rl_step = posttrain_context(args, p, g, length, out_dir)
+        for _ in range(args.warmup):
+            rl_step(ctx)
+        # the same steps unprofiled first, to show cProfile's own overhead
+        plain = []
+        for _ in range(args.profile):
+            t = time.perf_counter()
+            rl_step(ctx)
+            plain.append(time.perf_counter() - t)
+        prof = cProfile.Profile()
+        recs = []
+        prof.enable()
+        for _ in range(args.profile):
+            recs.append(rl_step(ctx))
+        prof.disable()
+    keys = ["time/step", "time/rollout", "time/reward", "time/old_logp", "time/train"]
+    mean = {k.split("/")[1]: round(sum(r[k] for r in recs) / len(recs), 4) for k in keys}
+    stats = pstats.Stats(prof)
+    rows = _profile_rows(stats, args.profile)
+    print(f"config P={p} G={g} L={length}, {threads} threads: {args.profile} steps unprofiled "
+          f"{statistics.mean(plain):.3f} s/step; profiled, mean per step: {mean}", file=sys.stderr)
+    for phase, items in rows.items():
+        print(f"  {phase}:", file=sys.stderr)
+        for label, t in items.items():
+            print(f"    {t:8.4f} s/step  {label}", file=sys.stderr)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(20)
+    print(buf.getvalue(), file=sys.stderr)
+    print(json.dumps({"benchmark": "rl_step_vs_trl", "profile": True, "config": args.configs[0],
+                      "threads": threads, "steps": args.profile,
+                      "unprofiled_s_per_step": round(statistics.mean(plain), 4),
+                      "profiled_mean_s": mean, "profiled_s_per_step": rows}))
+
+
+def versions() -> dict:
+    import datasets
+    import torch
+    import transformers
+    import trl
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__, "datasets": datasets.__version__}
+
+
+def cpu_name() -> str:
+    try:
+        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown cpu"
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    for c in args.configs:
+        parse_config(c)
+    if args.worker:
+        config = parse_config(args.configs[0])
+        (run_posttrain_worker if args.worker == "posttrain" else run_trl_worker)(args, *config)
+        return
+    from posttrain.models.tiny import resolve_builtin
+    args.model_path = resolve_builtin("builtin:tiny")
+    if args.profile:
+        profile_posttrain(args)
+        return
+    base_argv = ["--warmup", str(args.warmup), "--steps", str(args.steps), "--objective", args.objective,
+                 "--lr", repr(args.lr), "--seed", str(args.seed), "--threads", str(args.threads)]
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()
+    configs = {}
+    with tempfile.TemporaryDirectory() as logs:
+        for c in args.configs:
+            configs[c] = run_config(c, base_argv, args, args.model_path, Path(logs))
+    first, last = configs[args.configs[0]], configs[args.configs[-1]]
+    work = lambda c: c["group_size"] * c["max_new_tokens"] * c["prompts"]  # noqa: E731
+    result = {
+        "benchmark": "rl_step_vs_trl",
+        "device": f"{cpu_name()}, {os.cpu_count()} cpus, {first['threads']} torch threads, cpu only",
+        "versions": versions(),
+        "settings": {"objective": args.objective, "warmup": args.warmup, "steps": args.steps,
+                     "lr": args.lr, "seed": args.seed, "model": "builtin:tiny", "model_path": args.model_path,
+                     "temperature": 1.0, "top_p": 1.0, "beta": 0.0, "num_iterations": 1,
+                     "reward": "share of JSON punctuation characters (same function both sides)",
+                     "data": "builtin structured, n=256, same prompts per step on both sides"},
+        "configs": configs,
+        "ratio": {c: r["ratio"] for c, r in configs.items()},
+        "tokens_ratio": {c: r["tokens_ratio"] for c, r in configs.items()},
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    if len(configs) > 1:
+        result["growth"] = {
+            "work_ratio": round(work(last) / work(first), 3),
+            **{side: {"s_per_step": round(last[side]["s_per_step"] / first[side]["s_per_step"], 3),
+                      "tokens_per_s": round(last[side]["tokens_per_s"] / first[side]["tokens_per_s"], 3)}
+               for side in ("posttrain", "trl")},
+        }
+    print(f"{'config':>10} {'side':>10} {'s/step':>8} {'tok/s':>8} {'tok/step':>9} {'rollout':>8} "
+          f"{'reward':>7} {'rest':>7} {'peak MiB':>9}", file=sys.stderr)
+    for c, r in configs.items():
+        for side in ("posttrain", "trl"):
+            s = r[side]
+            print(f"{c:>10} {side:>10} {s['s_per_step']:8.3f} {s['tokens_per_s']:8.1f} {s['tokens_per_step']:9.1f} "
+                  f"{s['split_s']['rollout']:8.3f} {s['split_s']['reward']:7.3f} {s['split_s']['rest']:7.3f} "
+                  f"{s['peak_rss_mib']:9.1f}", file=sys.stderr)
+        print(f"{c:>10} ratio (TRL/posttrain s/step) = {r['ratio']}, tokens_ratio = {r['tokens_ratio']}",
+              file=sys.stderr)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
