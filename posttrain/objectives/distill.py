@@ -75,11 +75,18 @@ Diffusion for Flash Speculative Decoding", arXiv 2602.06036):
   the acceptance losses use c_k, so a hole ends the chain and the KL of eal covers every
   valid position (uniform weights) while survival_eal's s_k is 0 after a hole.
 
-Memory. V is large (151,936 for Qwen3) and N K in the thousands, so one (N, K, V) fp32
-tensor is GBs. The draft side is log_softmax'ed once (kept for backward); the target side
-once, without grad; KL_k is a contraction (`einsum`, no (N, K, V) product tensor); log a_k
-is a gather. Peak: the two log-softmax outputs plus one transient (p = exp(log p)), and
-log_softmax's gradient in backward. T != 1 adds one softened pair.
+Memory. V is large (151,936 for Qwen3) and N K in the thousands (512 blocks x 15 positions
+a sequence in the reference recipe), so one (N K, V) fp32 tensor is GBs (7,680 x 151,936 x
+4 B = 4.7 GB). `block_terms` is a custom autograd function that walks the N K positions in
+chunks of `chunk_positions` (default 1024): per chunk it computes log q and log p once each
+(fp32, in two (C, V) buffers, reused in place for log p - log q and p), reduces them to
+KL_k (a batched dot product), log a_k (a gather) and the two argmaxes, and drops them.
+It saves only its inputs (no copies) for backward, which recomputes q and p per chunk and
+writes d loss / d draft_logits in place. So the extra memory is about two (C, V) fp32
+buffers (four with T != 1, three in backward), independent of N K; the only (N, K, V)
+tensor created is the gradient, in the draft's dtype. (A non-contiguous input is copied
+once by the reshape to (N K, V).) Padding positions are computed and discarded rather than
+compacted away, which would need a host sync. benchmarks/distill_memory.py measures it.
 
 Metrics (detached, 0-dim): `loss`; the weighted parts `loss/kl` (kd, eal, survival_eal),
 `loss/ce` (kd with alpha > 0), `loss/eal` (eal, survival_eal: -eal_coef E[N]), each
@@ -116,6 +123,8 @@ Metrics = dict[str, Tensor]
 DISTILL_MODIFIERS: Mapping[str, tuple[Any, str]] = {
     "num_blocks": (None, "loss = sum of per-block losses / num_blocks (blocks in the whole step; "
                          "default N)"),
+    "chunk_positions": (1024, "positions per chunk of the vocabulary-sized work; peak extra "
+                              "memory ~ 2 x chunk_positions x V x 4 bytes"),
 }
 
 DFLASH_GAMMA = {8: 4.0, 10: 5.0, 16: 7.0}
@@ -166,39 +175,102 @@ class BlockTerms:
         return self.valid.to(p.dtype) * prev
 
 
-def _forward_kl(logp: Tensor, logq: Tensor) -> Tensor:
-    """sum_v p (log p - log q) per row, (N, K); logp constant. The cross term is an einsum
-    (a batched dot product), so no (N, K, V) product tensor is built."""
-    with torch.no_grad():
-        p = logp.exp()  # (N, K, V), transient
-        neg_entropy = torch.einsum("nkv,nkv->nk", p, logp)
-    return neg_entropy - torch.einsum("nkv,nkv->nk", p, logq)
+CHUNK_POSITIONS = DISTILL_MODIFIERS["chunk_positions"][0]
+"""Positions (rows of the flattened (N K, V) logits) per chunk in `block_terms`."""
+
+
+def _row_terms(z: Tensor, y: Tensor, dt: torch.dtype, temperature: float):
+    """One chunk's forward: z, y (C, V) draft and target logits (any float dtype) ->
+    KL (C,), log a (C,), T^2 KL^T (C,) or None, target argmax (C,), draft argmax (C,).
+
+    Two (C, V) buffers of dtype dt: `a` holds log q, then log p - log q; `b` holds log p,
+    then p; KL = <p, log p - log q> is a batched dot product (no product buffer)."""
+    tgt, dmax = y.argmax(dim=-1), z.argmax(dim=-1)  # argmax is shift-invariant: no softmax
+    out = []
+    for tau in (1.0,) if temperature == 1.0 else (1.0, temperature):
+        zt, yt = (z, y) if tau == 1.0 else (z / tau, y / tau)
+        a = F.log_softmax(zt, dim=-1, dtype=dt)  # (C, V) log q
+        if tau == 1.0:
+            log_accept = a.gather(-1, tgt[:, None]).squeeze(-1)
+        b = F.log_softmax(yt, dim=-1, dtype=dt)  # (C, V) log p
+        a.neg_().add_(b)  # log p - log q
+        b.exp_()  # p
+        out.append(tau * tau * torch.bmm(b[:, None, :], a[:, :, None]).view(-1))
+    return out[0], log_accept, (out[1] if len(out) > 1 else None), tgt, dmax
+
+
+def _row_grad(z: Tensor, y: Tensor, tgt: Tensor, g_kl: Tensor, g_la: Tensor,
+              g_klt: Tensor | None, dt: torch.dtype, temperature: float) -> Tensor:
+    """One chunk's d loss / d z (C, V) in dt, from the upstream grads (C,) of KL, log a and
+    T^2 KL^T:  dKL/dz = q - p,  d log a/dz = onehot(t) - q,  d(T^2 KL^T)/dz = T (q^T - p^T)."""
+    g = torch.softmax(z, dim=-1, dtype=dt)  # (C, V) q
+    p = torch.softmax(y, dim=-1, dtype=dt)  # (C, V) p
+    g.mul_((g_kl - g_la)[:, None]).sub_(p.mul_(g_kl[:, None]))
+    g.scatter_add_(-1, tgt[:, None], g_la[:, None])
+    if g_klt is not None:
+        T = temperature
+        q_t = torch.softmax(z / T, dim=-1, dtype=dt)
+        p_t = torch.softmax(y / T, dim=-1, dtype=dt)
+        g.add_(q_t.sub_(p_t).mul_((T * g_klt)[:, None]))
+    return g
+
+
+class _ChunkedBlockTerms(torch.autograd.Function):
+    """(draft (R, V), target (R, V), valid (R,)) -> KL, log a, T^2 KL^T (R,) with gradient to
+    draft; target argmax, draft argmax (R,) without. R = N K rows, walked in chunks: nothing of
+    size (R, V) is built but the gradient itself. Saved for backward: the two inputs (no
+    copies) and the target argmax. Rows with valid = 0 give 0 and get a 0 gradient, even
+    when their logits are NaN or inf (padding is never read)."""
+
+    @staticmethod
+    def forward(ctx, draft, target, valid, temperature, chunk):
+        R, dt = draft.shape[0], torch.promote_types(draft.dtype, torch.float32)
+        kl, la = draft.new_zeros(R, dtype=dt), draft.new_zeros(R, dtype=dt)
+        klt = draft.new_zeros(R, dtype=dt) if temperature != 1.0 else None
+        tgt = torch.zeros(R, dtype=torch.long, device=draft.device)
+        dmax = torch.zeros(R, dtype=torch.long, device=draft.device)
+        for s in range(0, R, chunk):
+            e = min(s + chunk, R)
+            k, a, kt, t, d = _row_terms(draft[s:e], target[s:e], dt, temperature)
+            v = valid[s:e]
+            kl[s:e], la[s:e] = torch.where(v, k, 0.0), torch.where(v, a, 0.0)
+            if klt is not None:
+                klt[s:e] = torch.where(v, kt, 0.0)
+            tgt[s:e], dmax[s:e] = t, d
+        ctx.save_for_backward(draft, target, valid, tgt)
+        ctx.temperature, ctx.chunk, ctx.dt = temperature, chunk, dt
+        ctx.mark_non_differentiable(tgt, dmax)
+        return kl, la, klt, tgt, dmax
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_kl, g_la, g_klt, _tgt, _dmax):
+        draft, target, valid, tgt = ctx.saved_tensors
+        grad = torch.empty_like(draft)  # (R, V) in the draft's dtype
+        dt, R = ctx.dt, draft.shape[0]
+        for s in range(0, R, ctx.chunk):
+            e = min(s + ctx.chunk, R)
+            gk = g_kl[s:e].to(dt)
+            g = _row_grad(draft[s:e], target[s:e], tgt[s:e], gk, g_la[s:e].to(dt),
+                          None if g_klt is None else g_klt[s:e].to(dt), dt, ctx.temperature)
+            grad[s:e] = g.masked_fill_(~valid[s:e, None], 0.0)
+        return grad, None, None, None, None
 
 
 def block_terms(draft_logits: Tensor, target_logits: Tensor, mask: Tensor,
-                temperature: float = 1.0) -> BlockTerms:
-    """Compute `BlockTerms` from (N, K, V) logits and the (N, K) mask; see the module docstring
-    for the memory budget."""
+                temperature: float = 1.0, chunk: int = CHUNK_POSITIONS) -> BlockTerms:
+    """Compute `BlockTerms` from (N, K, V) logits and the (N, K) mask, `chunk` positions at a
+    time (see the module docstring for the memory budget)."""
+    N, K, V = draft_logits.shape
     dt = torch.promote_types(draft_logits.dtype, torch.float32)
     valid = mask.bool()  # (N, K)
-    zero = torch.zeros((), dtype=dt, device=draft_logits.device)
-    z = draft_logits.to(dt)
-    logq = F.log_softmax(z, dim=-1)  # (N, K, V), saved for backward
-    with torch.no_grad():
-        y = target_logits.detach().to(dt)
-        logp = F.log_softmax(y, dim=-1)  # (N, K, V), no grad
-        tgt = logp.argmax(dim=-1)  # (N, K)
-        top1 = (z.detach().argmax(dim=-1) == tgt) & valid
-    kl = torch.where(valid, _forward_kl(logp, logq), zero)
-    log_accept = torch.where(valid, logq.gather(-1, tgt[..., None]).squeeze(-1), zero)
-    kl_soft = None
-    if temperature != 1.0:
-        with torch.no_grad():
-            logp_t = F.log_softmax(y / temperature, dim=-1)
-        kl_t = _forward_kl(logp_t, F.log_softmax(z / temperature, dim=-1))
-        kl_soft = torch.where(valid, temperature ** 2 * kl_t, zero)
+    kl, la, klt, tgt, dmax = _ChunkedBlockTerms.apply(
+        draft_logits.reshape(N * K, V), target_logits.detach().reshape(N * K, V),
+        valid.reshape(N * K), temperature, chunk)
+    top1 = (dmax == tgt).view(N, K) & valid
     alive = torch.cumprod(valid.to(dt), dim=-1)
-    return BlockTerms(kl, log_accept, valid, alive, top1, kl_soft)
+    kl_soft = None if klt is None else klt.view(N, K)
+    return BlockTerms(kl.view(N, K), la.view(N, K), valid, alive, top1, kl_soft)
 
 
 # ---------------------------------------------------------------- per-block losses
@@ -358,6 +430,9 @@ def distill_loss(name: str, draft_logits: Tensor, target_logits: Tensor, mask: T
     the module docstring. draft_logits, target_logits (N, K, V); mask (N, K)."""
     obj = DISTILL_LOSSES.get(name)
     _reject_unknown(name, params)
+    chunk = params.pop("chunk_positions", CHUNK_POSITIONS)
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"chunk_positions must be an int >= 1, got {chunk!r}")
     p = {**obj.defaults(), **params}
     obj.check(p)
     _check_inputs(draft_logits, target_logits, mask)
@@ -370,7 +445,8 @@ def distill_loss(name: str, draft_logits: Tensor, target_logits: Tensor, mask: T
     elif isinstance(num_blocks, (int, float)) and not num_blocks > 0:
         raise ValueError(f"num_blocks must be > 0, got {num_blocks!r}")
 
-    t = block_terms(draft_logits, target_logits, mask, temperature=p.get("temperature", 1.0))
+    t = block_terms(draft_logits, target_logits, mask, temperature=p.get("temperature", 1.0),
+                    chunk=chunk)
     loss_b, parts = obj.fn(t, **p)  # (N,), {name: (N,)}
     loss = loss_b.sum() / num_blocks
 

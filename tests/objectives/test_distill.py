@@ -256,6 +256,38 @@ def test_no_gradient_to_target_and_none_at_padding(name):
     close(distill_loss(name, d2, t2, mask).loss, out.loss, tol=1e-10)
 
 
+@pytest.mark.parametrize("kw", [{}, {"temperature": 2.5, "alpha": 0.3}])
+def test_kd_gradcheck_fp64(kw):
+    draft, target, mask = random_case(N=3, K=3, V=5, seed=10)
+    f = lambda d: distill_loss("kd", d, target, mask, chunk_positions=4, **kw).loss  # noqa: E731
+    assert torch.autograd.gradcheck(f, (draft.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("name,kw", [("kd", {"temperature": 0.5, "alpha": 0.2}), ("eal", {}),
+                                     ("survival_eal", {}), ("eal_exact", {})])
+def test_chunking_does_not_change_values_or_gradients(name, kw):
+    draft, target, mask = random_case(N=5, K=4, seed=11)  # 20 positions
+    ref, g_ref = run(name, draft, target, mask, chunk_positions=1024, **kw)
+    for chunk in (1, 3, 7, 20):  # one row, ragged last chunk, exact fit
+        out, g = run(name, draft, target, mask, chunk_positions=chunk, **kw)
+        close(out.loss, ref.loss, tol=1e-12)
+        close(g, g_ref, tol=1e-12)
+        for k, v in ref.metrics.items():
+            close(out.metrics[k], v, tol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(DISTILL_LOSSES))
+def test_nan_and_inf_at_padding_are_never_read(name):
+    draft, target, mask = random_case(seed=12)
+    ref, g_ref = run(name, draft, target, mask, chunk_positions=3)
+    d2, t2 = draft.clone(), target.clone()
+    d2[mask == 0], t2[mask == 0] = math.nan, math.inf
+    out, g = run(name, d2, t2, mask, chunk_positions=3)
+    close(out.loss, ref.loss, tol=1e-12)
+    close(g, g_ref, tol=1e-12)
+    assert all(torch.isfinite(v) for v in out.metrics.values())
+
+
 # ---------------------------------------------------------------- invariances
 
 
@@ -319,7 +351,8 @@ def test_unknown_parameter_names_the_closest_and_lists_all():
     with pytest.raises(TypeError, match=r"'gamma' \(it belongs to kd\)"):
         distill_loss("eal", DRAFT, TARGET, FULL, gamma=7)
     assert issubclass(DistillParamError, ValueError) and issubclass(DistillParamError, TypeError)
-    assert distill_params("survival_eal") == {"eal_coef": 1.0, "kl_coef": 1.0, "num_blocks": None}
+    assert distill_params("survival_eal") == {"eal_coef": 1.0, "kl_coef": 1.0, "num_blocks": None,
+                                              "chunk_positions": 1024}
 
 
 @pytest.mark.parametrize("name,kw,match", [
@@ -331,6 +364,7 @@ def test_unknown_parameter_names_the_closest_and_lists_all():
     ("eal", {"kl_coef": -1.0}, "kl_coef must be >= 0"),
     ("survival_eal", {"eal_coef": 0.0, "kl_coef": 0.0}, "both 0"),
     ("kd", {"num_blocks": 0}, "num_blocks must be > 0"),
+    ("kd", {"chunk_positions": 0}, "chunk_positions must be an int >= 1"),
 ])
 def test_bad_parameter_values(name, kw, match):
     with pytest.raises(ValueError, match=match):
