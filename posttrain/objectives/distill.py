@@ -83,10 +83,14 @@ chunks of `chunk_positions` (default 1024): per chunk it computes log q and log 
 KL_k (a batched dot product), log a_k (a gather) and the two argmaxes, and drops them.
 It saves only its inputs (no copies) for backward, which recomputes q and p per chunk and
 writes d loss / d draft_logits in place. So the extra memory is about two (C, V) fp32
-buffers (four with T != 1, three in backward), independent of N K; the only (N, K, V)
+buffers (up to four with T != 1), independent of N K; the only (N, K, V)
 tensor created is the gradient, in the draft's dtype. (A non-contiguous input is copied
 once by the reshape to (N K, V).) Padding positions are computed and discarded rather than
-compacted away, which would need a host sync. benchmarks/distill_memory.py measures it.
+compacted away, which would need a host sync. benchmarks/distill_memory.py measures it
+(docs/benchmarks.md): at V = 151,936 the memory beyond the gradient stays at ~2 (C, V)
+buffers as N K grows, where plain autograd holds ~3 (N K, V) tensors. Fusing the drafter's
+LM head into this function (as models/logprobs.py does) would also drop the (N K, V) logits
+and their gradient; that needs the hidden states instead of logits (not done).
 
 Metrics (detached, 0-dim): `loss`; the weighted parts `loss/kl` (kd, eal, survival_eal),
 `loss/ce` (kd with alpha > 0), `loss/eal` (eal, survival_eal: -eal_coef E[N]), each
@@ -206,6 +210,7 @@ def _row_grad(z: Tensor, y: Tensor, tgt: Tensor, g_kl: Tensor, g_la: Tensor,
     g = torch.softmax(z, dim=-1, dtype=dt)  # (C, V) q
     p = torch.softmax(y, dim=-1, dtype=dt)  # (C, V) p
     g.mul_((g_kl - g_la)[:, None]).sub_(p.mul_(g_kl[:, None]))
+    del p
     g.scatter_add_(-1, tgt[:, None], g_la[:, None])
     if g_klt is not None:
         T = temperature
