@@ -27,9 +27,12 @@ argmax q_k == t_k (the `top1` metric). The product form is exact on the chain th
 the drafter predicts all K positions in one pass from the anchor (they do not condition on
 each other), and the chain only continues while the drafted tokens equal t_k, i.e. the
 target's greedy continuation, which is the training response when the labels were generated
-by the target at T = 0 (as in the reference recipe). Pooled acceptance length is reported as
+by the target at T = 0 (as in the reference recipe). Acceptance length is reported as
 tau = E[N] + 1: one verify cycle also yields the target's own next token (reference 004:
-"pooled acceptance tau = E[n]+1").
+"pooled acceptance tau = E[n]+1"). Here it is the teacher-forced mean over training blocks,
+not the pooled figure of a decoding run, and its ceiling is K + 1 = B; reference 004 writes
+"ceiling = B+1 = 17" for B16, which would count B drafted tokens, not the B - 1 that a block
+[anchor, mask x (B-1)] drafts: we follow the block layout.
 
 Losses: l_b per block b, loss = sum_b l_b / num_blocks (num_blocks default N; pass the block
 count of the whole step so micro-batches add up to the full batch exactly). sg = stop-gradient.
@@ -94,8 +97,8 @@ and their gradient; that needs the hidden states instead of logits (not done).
 
 Metrics (detached, 0-dim): `loss`; the weighted parts `loss/kl` (kd, eal, survival_eal),
 `loss/ce` (kd with alpha > 0), `loss/eal` (eal, survival_eal: -eal_coef E[N]), each
-sum_b / num_blocks, adding up to `loss`; `kl` (mean KL_k at T = 1 per valid position); `top1` (fraction of
-valid positions with argmax q_k == t_k); `accept/a_mean` (mean a_k over valid positions);
+sum_b / num_blocks, adding up to `loss`; `kl` (mean KL_k at T = 1 per valid position);
+`top1` (fraction of valid positions with argmax q_k == t_k); `accept/a_mean` (mean a_k over valid positions);
 `accept/a_first`, `accept/a_last` (mean a_k at k = 1 and k = K over blocks valid there);
 `accept/expected_len` (mean E[N] per block), `accept/tau_expected` (= expected_len + 1);
 `accept/greedy_len` (mean accepted length per block with greedy drafting: leading positions
