@@ -20,6 +20,7 @@ Notation (per block; p_k = softmax(target_k), q_k = softmax(draft_k), m_k the ma
     E[N]    = sum_k P_k                           expected accepted length, in [0, K]
     s_k     = m_k P_{k-1}  (P_0 = 1)              P(position k is reached), "survival"
     KL_k    = sum_v p_k(v) (log p_k(v) - log q_k(v))        forward KL, per position
+    KL_k^T  = the same between softmax(target_k / T) and softmax(draft_k / T)
 
 a_k is the probability that position k is accepted under greedy (T = 0) verification when
 the drafter samples its token from q_k; with greedy drafting the event is
@@ -51,9 +52,8 @@ Diffusion for Flash Speculative Decoding", arXiv 2602.06036):
   decay-gamma=7" at B16. The position decay w_k = exp(-(k-1)/gamma) is DFlash's loss weight;
   its recommended gamma is 7 for B = 16, 5 for B = 10, 4 for B = 8 (the paper's setting, also
   SpecForge's DFlash training script comment), about B/2: see `decay_gamma`. gamma = inf
-  gives uniform weights. alpha mixes in
-  the hard-label CE on t_k, which is DFlash's own loss when the labels are the target's greedy
-  tokens; alpha = 0 is the recipe. The reference uses no temperature: T defaults to 1;
+  gives uniform weights. alpha mixes in the hard-label CE on t_k, which is DFlash's own loss
+  when the labels are the target's greedy tokens; alpha = 0 is the recipe. The reference uses no temperature: T defaults to 1;
   T != 1 is Hinton-style (both sides softened, times T^2 so gradients keep their scale), and
   the CE term stays at T = 1.
 - eal: reference 004, M1.5: "EAL (Expected-Acceptance-Length; uniform KL position weight)",
@@ -62,9 +62,11 @@ Diffusion for Flash Speculative Decoding", arXiv 2602.06036):
   the acceptance reward)". So the loss is -E[N] directly (not -log E[N]) plus the forward KL
   with uniform position weights. The reference gives no relative weight: eal_coef = kl_coef
   = 1 per block (both terms are sums over positions, so they have the same scale in K).
-  The KL term is not decoration: dE[N]/d log a_k = W_k vanishes for deep positions while the
-  early ones are poor, so -E[N] alone learns slowly from a cold draft (eal_coef=1, kl_coef=0
-  gives it).
+  Why keep the KL: the gradient of E[N] on position k is W_k <= (K - k + 1) P_k, tiny for
+  deep positions while the early ones are poor, and its optimum is q_k collapsed onto t_k.
+  In the free-logits test (tests/objectives/test_distill.py) pure -E[N] (eal_exact) reaches
+  E[N] ~ K at KL ~ 1.8 nats a position; eal keeps KL ~ 0.15 and still beats kd's E[N]
+  (which stops at the target's own sum_k prod_j p_j(t_j)). eal_coef=1, kl_coef=0 is pure -E[N].
 - survival_eal: reference 004, M1.6: "EAL + KL position weights scaled by each position's
   survival probability (chance the block is still accepted at that depth)". Same -E[N]
   term; the KL weights are s_k, detached (a weight, not a path for gradient). eal_coef = 0
