@@ -229,7 +229,7 @@ class _ChunkedBlockTerms(torch.autograd.Function):
     """(draft (R, V), target (R, V), valid (R,)) -> KL, log a, T^2 KL^T (R,) with gradient to
     draft; target argmax, draft argmax (R,) without. R = N K rows, walked in chunks: nothing of
     size (R, V) is built but the gradient itself. Saved for backward: the two inputs (no
-    copies) and the target argmax. Rows with valid = 0 give 0 and get a 0 gradient, even
+    copies) and the target argmax. Autocast is off inside: every op runs in fp32 (or fp64). Rows with valid = 0 give 0 and get a 0 gradient, even
     when their logits are NaN or inf (padding is never read)."""
 
     @staticmethod
@@ -239,14 +239,15 @@ class _ChunkedBlockTerms(torch.autograd.Function):
         klt = draft.new_zeros(R, dtype=dt) if temperature != 1.0 else None
         tgt = torch.zeros(R, dtype=torch.long, device=draft.device)
         dmax = torch.zeros(R, dtype=torch.long, device=draft.device)
-        for s in range(0, R, chunk):
-            e = min(s + chunk, R)
-            k, a, kt, t, d = _row_terms(draft[s:e], target[s:e], dt, temperature)
-            v = valid[s:e]
-            kl[s:e], la[s:e] = torch.where(v, k, 0.0), torch.where(v, a, 0.0)
-            if klt is not None:
-                klt[s:e] = torch.where(v, kt, 0.0)
-            tgt[s:e], dmax[s:e] = t, d
+        with torch.autocast(draft.device.type, enabled=False):  # bmm in bf16 would cost ~1e-3
+            for s in range(0, R, chunk):
+                e = min(s + chunk, R)
+                k, a, kt, t, d = _row_terms(draft[s:e], target[s:e], dt, temperature)
+                v = valid[s:e]
+                kl[s:e], la[s:e] = torch.where(v, k, 0.0), torch.where(v, a, 0.0)
+                if klt is not None:
+                    klt[s:e] = torch.where(v, kt, 0.0)
+                tgt[s:e], dmax[s:e] = t, d
         ctx.save_for_backward(draft, target, valid, tgt)
         ctx.temperature, ctx.chunk, ctx.dt = temperature, chunk, dt
         ctx.mark_non_differentiable(tgt, dmax)
@@ -258,12 +259,13 @@ class _ChunkedBlockTerms(torch.autograd.Function):
         draft, target, valid, tgt = ctx.saved_tensors
         grad = torch.empty_like(draft)  # (R, V) in the draft's dtype
         dt, R = ctx.dt, draft.shape[0]
-        for s in range(0, R, ctx.chunk):
-            e = min(s + ctx.chunk, R)
-            gk = g_kl[s:e].to(dt)
-            g = _row_grad(draft[s:e], target[s:e], tgt[s:e], gk, g_la[s:e].to(dt),
-                          None if g_klt is None else g_klt[s:e].to(dt), dt, ctx.temperature)
-            grad[s:e] = g.masked_fill_(~valid[s:e, None], 0.0)
+        with torch.autocast(draft.device.type, enabled=False):
+            for s in range(0, R, ctx.chunk):
+                e = min(s + ctx.chunk, R)
+                g = _row_grad(draft[s:e], target[s:e], tgt[s:e], g_kl[s:e].to(dt),
+                              g_la[s:e].to(dt), None if g_klt is None else g_klt[s:e].to(dt),
+                              dt, ctx.temperature)
+                grad[s:e] = g.masked_fill_(~valid[s:e, None], 0.0)
         return grad, None, None, None, None
 
 
