@@ -189,3 +189,35 @@ def test_report_of_a_real_tiny_rl_run(tiny_path, tmp_path, capsys):
     assert {"kl", "routing"} <= {p.key for p in stage.empty}  # beta = 0, a dense model
     page = _check_page(rep)
     assert "objective: sapo" in page and "advantage: gdpo" in page
+
+
+def _render_check_module():
+    """scripts/check_report_render.py, imported by path (scripts/ is no package)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "check_report_render.py"
+    spec = importlib.util.spec_from_file_location("check_report_render", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_report_renders_offline_in_headless_chromium(tmp_path):
+    """Every image of the page decodes in a real browser with the network blocked; a page
+    with a broken image is caught (so the check can fail)."""
+    check = _render_check_module()
+    browser = check.find_browser(None)
+    if browser is None:
+        pytest.skip("no chromium / google-chrome installed (apt-get install chromium)")
+    _write_run(tmp_path / "run", _rl_records(20))
+    rep = build_report(tmp_path / "run")
+    shot = tmp_path / "shot.png"
+    res = check.check(rep.html, browser, screenshot=shot, width=1500)
+    assert res["ok"] and res["decoded"] == res["total"] == res["expected"] == len(rep.pngs), res
+    with Image.open(shot) as im:
+        assert im.size == (1500, res["page_height"]) and res["page_height"] > SIZE_PX[1] * len(rep.pngs) / 2
+    broken = tmp_path / "broken.html"
+    broken.write_text(rep.html.read_text().replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAA", 1))
+    res = check.check(broken, browser)
+    assert not res["ok"] and res["decoded"] == res["total"] - 1, res

@@ -44,6 +44,7 @@ window.addEventListener("load", function () {
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
   document.body.setAttribute("data-images-total", String(imgs.length));
   document.body.setAttribute("data-images-decoded", String(ok.length));
+  document.body.setAttribute("data-page-height", String(document.documentElement.scrollHeight));
 });
 """
 
@@ -138,7 +139,8 @@ def empty_list(empty: list[Panel], no_finite: list[str]) -> str:
 def stage_section(stage: Stage, figures: list[str], empty: list[Panel], no_finite: list[str]) -> str:
     name = stage.name or "run"
     steps = [r["step"] for r in stage.records]
-    recipe = (f"<pre>{html.escape(stage.recipe)}</pre>" if stage.recipe is not None
+    recipe = (f"<details open><summary>recipe.yaml</summary><pre>{html.escape(stage.recipe)}</pre></details>"
+              if stage.recipe is not None
               else "<p class=muted>no recipe.yaml in this stage's directory</p>")
     return "".join([
         f'<section id="stage-{html.escape(name)}"><h2>{html.escape(name)}</h2>',
