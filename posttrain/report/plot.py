@@ -56,9 +56,19 @@ def _dedupe(keys: list[str], series: dict[str, Series]) -> list[tuple[str, Serie
 
 
 def _scale(ax, groups: list[Series]) -> None:
+    """Log scale for a wide positive range; a readable range and labels for a flat one."""
     vals = [v for s in groups for _, v in s.finite]
-    if vals and min(vals) > 0 and max(vals) / min(vals) > LOG_SPAN:
+    if not vals:
+        return
+    lo, hi = min(vals), max(vals)
+    if lo > 0 and hi / lo > LOG_SPAN:
         ax.set_yscale("log")
+        return
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+    ax.yaxis.get_offset_text().set_fontsize(7)
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):  # flat (lr without schedule): +-5 %, not +-1e-16
+        pad = 0.05 * abs(lo) if lo else 1.0
+        ax.set_ylim(lo - pad, hi + pad)
 
 
 def _lines(ax, items: list[tuple[str, Series]], colors, dashed: bool) -> None:
@@ -89,6 +99,12 @@ def _stack(ax, items: list[tuple[str, Series]], colors) -> None:
 
 def render(a: Assigned, series: dict[str, Series]) -> bytes:
     """The panel as PNG bytes of SIZE_PX."""
+    # no "1e-16+1e-4" offset labels on a flat series; a context, so callers' rcParams stay
+    with matplotlib.rc_context({"axes.formatter.useoffset": False}):
+        return _render(a, series)
+
+
+def _render(a: Assigned, series: dict[str, Series]) -> bytes:
     # fixed margins, not constrained layout: that doubled the time per panel (measured)
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
     FigureCanvasAgg(fig)
