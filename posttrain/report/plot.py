@@ -55,13 +55,13 @@ def _dedupe(keys: list[str], series: dict[str, Series]) -> list[tuple[str, Serie
     return kept
 
 
-def _scale(ax, groups: list[Series]) -> None:
+def _scale(ax, groups: list[Series], allow_log: bool = True) -> None:
     """Log scale for a wide positive range; a readable range and labels for a flat one."""
     vals = [v for s in groups for _, v in s.finite]
     if not vals:
         return
     lo, hi = min(vals), max(vals)
-    if lo > 0 and hi / lo > LOG_SPAN:
+    if allow_log and lo > 0 and hi / lo > LOG_SPAN:
         ax.set_yscale("log")
         return
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
@@ -114,7 +114,7 @@ def _render(a: Assigned, series: dict[str, Series]) -> bytes:
     if stack:
         _stack(ax, stack, palette[:len(stack)])
     _lines(ax, left, palette[len(stack):], dashed=False)
-    _scale(ax, [s for _, s in left + stack])
+    _scale(ax, [s for _, s in left + stack], allow_log=not stack)  # an area's heights add up linearly
     handles, labels = ax.get_legend_handles_labels()
     if right:
         ax2 = ax.twinx()
@@ -134,8 +134,8 @@ def _render(a: Assigned, series: dict[str, Series]) -> bytes:
     right_edge = (0.60 if right else 0.66) if outside else (0.91 if right else 0.97)
     fig.subplots_adjust(left=0.09, right=right_edge, bottom=0.14, top=0.91)
     if outside:
-        fig.legend(handles, labels, fontsize=6.5, loc="upper left", bbox_to_anchor=(right_edge + (0.08 if right else 0.01), 0.92),
-                   frameon=False)
+        x = right_edge + (0.08 if right else 0.01)  # clear of the right axis' tick labels
+        fig.legend(handles, labels, fontsize=6.5, loc="upper left", bbox_to_anchor=(x, 0.92), frameon=False)
     elif handles:
         ax.legend(handles, labels, fontsize=7, loc="best")
     buf = io.BytesIO()
