@@ -67,7 +67,8 @@ def check(html: Path, browser: str, screenshot: Path | None = None, width: int =
     res["ok"] = res["expected"] > 0 and res["expected"] == res["total"] == res["decoded"]
     if screenshot is not None:
         height = max(res["page_height"], 800)
-        _run(browser, [f"--screenshot={screenshot.resolve()}", f"--window-size={width},{height}", url], timeout)
+        shot = [f"--screenshot={screenshot.resolve()}", f"--window-size={width},{height}", url]
+        _run(browser, shot, timeout)
         res["screenshot"] = str(screenshot)
     return res
 
@@ -90,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         html = target
     res = check(html, browser, args.screenshot, args.width)
+    shot = f", screenshot {res['screenshot']}" if args.screenshot else ""
     print(f"{html}: {res['decoded']}/{res['total']} images decoded (expected {res['expected']}), "
-          f"page height {res['page_height']} px" + (f", screenshot {res['screenshot']}" if args.screenshot else ""))
+          f"page height {res['page_height']} px{shot}")
     print("render check:", "ok" if res["ok"] else "FAILED")
     return 0 if res["ok"] else 1
 

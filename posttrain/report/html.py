@@ -110,7 +110,8 @@ def demo_table(results: dict) -> str:
         names = list(after or before)
         out.append("<table><tr><th></th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>")
         for label, row in (("sft (before rl)", before), ("sft + rl (after)", after)):
-            out.append(f"<tr><td>{label}</td>" + "".join(f"<td>{fmt(row.get(n))}</td>" for n in names) + "</tr>")
+            cells = "".join(f"<td>{fmt(row.get(n))}</td>" for n in names)
+            out.append(f"<tr><td>{label}</td>{cells}</tr>")
         out.append("</table>")
     rest = {k: v for k, v in results.items() if k not in ("before", "after")}
     if rest:

@@ -60,7 +60,8 @@ PANELS: tuple[Panel, ...] = (
           left=("advantage/*", "reward/std", "frac_zero_std_groups")),
     Panel("dynamic", "Dynamic sampling", left=("dynamic/*",), ylabel="groups / rounds"),
     Panel("failures", "Reward failures (count per step)", left=("reward_fail/*",)),
-    Panel("preference", "Preference: implicit rewards", left=("rewards/chosen", "rewards/rejected", "rewards/margin", "margin"),
+    Panel("preference", "Preference: implicit rewards",
+          left=("rewards/chosen", "rewards/rejected", "rewards/margin", "margin"),
           right=("rewards/accuracy", "accuracy"), right_label="accuracy"),
     Panel("logps", "Preference: sequence log-probs", left=("logps/*",)),
 )
