@@ -1,11 +1,10 @@
 """StructEval-T scoring: perfect, partial and broken outputs per format on real records
 (hand-worked fractions), extraction, each reference quirk in the default and corrected
 modes, aggregation, a sweep that builds a perfect document for every sample record, and
-adversarial inputs with time bounds."""
+adversarial inputs stopped at a named limit."""
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import yaml
 from posttrain.data.formats import to_toml
 from posttrain.eval import structeval as SE
 from posttrain.eval.structeval import load_structeval, score, score_example, score_records, tokenize
+from posttrain.rewards.structured import MAX_DEPTH, MAX_NODES
 
 SAMPLE = (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "structeval_t"
           / "nonrenderable_sample.json")
@@ -492,19 +492,18 @@ def test_every_sample_record_scores_one_on_a_document_holding_its_paths():
 # --------------------------------------------------------------------------- adversarial
 
 
-def _timed(record, gen, corrected=False):
-    t = time.perf_counter()
-    r = score_example(record, gen, corrected)
-    return r, time.perf_counter() - t
+# No wall-clock bounds here (they fail on a loaded machine; speed lives in benchmarks/):
+# each case asserts the limit that stops the work, by its reason and detail.
+_NODE_CAP = f"more than {MAX_NODES} nodes"
 
 
-def test_yaml_bomb_is_refused_fast():
+def test_yaml_bomb_is_refused_by_the_node_cap():
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for i, (prev, cur) in enumerate(zip("abcdefgh", "bcdefghi")):
         lines.append(f"{cur}: &{cur} [{', '.join(['*' + prev] * 9)}]")
     for corrected in (False, True):
-        r, dt = _timed(rec("171801", ["i.*.*"]), "\n".join(lines), corrected)
-        assert r.render_score == 0 and r.reason == "too_many_nodes" and dt < 1.0
+        r = score_example(rec("171801", ["i.*.*"]), "\n".join(lines), corrected)
+        assert (r.render_score, r.reason) == (0, "too_many_nodes") and _NODE_CAP in r.detail, r
 
 
 def test_xml_entities_are_never_expanded_nor_fetched():
@@ -512,36 +511,54 @@ def test_xml_entities_are_never_expanded_nor_fetched():
                                           for i in range(1, 10))
     r = rec("001716", ["a.b"])
     text_bomb = f'<?xml version="1.0"?><!DOCTYPE a [{ents}]><a><b>&l9;</b></a>'
-    got, dt = _timed(r, text_bomb)
-    assert got.final_score == 1.0 and dt < 1.0  # like xmltodict: the reference is dropped
+    got = score_example(r, text_bomb)
+    assert got.final_score == 1.0, got  # like xmltodict: the reference is dropped, not expanded
     assert SE.xml_to_dict(text_bomb) == {"a": {"b": None}}
-    got, dt = _timed(r, f'<?xml version="1.0"?><!DOCTYPE a [{ents}]><a b="&l9;"/>')
-    assert dt < 1.0 and got.render_score in (0, 1)  # expat's amplification limit, or refused
+    got = score_example(r, f'<?xml version="1.0"?><!DOCTYPE a [{ents}]><a b="&l9;"/>')
+    if SE._EXPAT_GUARDED:  # attribute values are expanded by expat, which stops the bomb
+        assert got.reason == "parse_error" and "amplification" in got.detail, got
+    else:  # an old expat: any entity declaration is refused
+        assert got.reason == "unsafe", got
+    assert got.render_score == 0
     xxe = '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><a><b>&x;</b></a>'
     assert SE.xml_to_dict(xxe) == {"a": {"b": None}}
 
 
-@pytest.mark.parametrize("make", [
-    lambda n: "x" * n,
-    lambda n: "`" * n,                                   # backticks, no newline: no fence
-    lambda n: "```json\n" + "[" * n,                     # deep nesting, over the payload cap
-    lambda n: "```json\n{\"a\": \"" + "y" * n + "\"}\n```",
-    lambda n: "\\" * n,                                  # unicode_escape on a run of backslashes
-    lambda n: "<|BEGIN_CODE|>" * (n // 14),
-    lambda n: "a:\n" + "  - b\n" * (n // 6),
-])
+@pytest.mark.parametrize("make, where", [
+    (lambda n: "x" * n, "whole"),
+    (lambda n: "`" * n, "whole"),                                # backticks, no newline: no fence
+    (lambda n: "```json\n" + "[" * n, "fence"),                  # deep nesting, over the payload cap
+    (lambda n: "```json\n{\"a\": \"" + "y" * n + "\"}\n```", "fence"),
+    (lambda n: "\\" * n, "whole"),                               # unicode_escape on a run of backslashes
+    (lambda n: "<|BEGIN_CODE|>" * (n // 14), "markers"),
+    (lambda n: "a:\n" + "  - b\n" * (n // 6), "whole"),
+], ids=["letters", "backticks", "deep_fence", "long_string", "backslashes", "markers", "yaml_list"])
 @pytest.mark.parametrize("tid", ["000500", "171801", "001716", "050234", "001011"])
-def test_one_megabyte_generations_are_scored_fast(make, tid):
+def test_one_megabyte_generations_stop_at_the_payload_cap(make, where, tid, monkeypatch):
+    """Extraction is linear (str.find), and no loader ever sees the megabyte."""
+    def no_parse(*args, **kwargs):
+        raise AssertionError("a payload over MAX_PAYLOAD_CHARS reached a parser")
+    for name in ("_load_yaml", "xml_to_dict", "parse_payload"):
+        monkeypatch.setattr(SE, name, no_parse)
+    monkeypatch.setattr(SE.json, "loads", no_parse)  # the json module itself, restored after
     gen = make(1_000_000)
     for corrected in (False, True):
-        r, dt = _timed(rec(tid), gen, corrected)
-        assert dt < 1.0 and 0.0 <= r.final_score <= 0.2
+        r = score_example(rec(tid), gen, corrected)
+        assert (r.reason, r.extracted_from, r.final_score) == ("payload_too_large", where, 0.0), r
+        assert f"> {SE.MAX_PAYLOAD_CHARS}" in r.detail
 
 
-def test_deep_nesting_under_the_payload_cap_is_a_render_failure():
-    for tid, body in [("000500", "[" * 50_000 + "]" * 50_000), ("171801", "[" * 50_000),
-                      ("001716", "<a>" * 20_000 + "</a>" * 20_000), ("001011", "a = " + "[" * 30_000)]:
-        r, dt = _timed(rec(tid), body)
-        assert dt < 1.0 and r.final_score <= 0.2, tid
+def test_deep_nesting_is_a_render_failure_at_a_named_limit():
+    for tid, body, reason, detail in [
+            ("000500", "[" * 50_000 + "]" * 50_000, "too_deep", "ran out of recursion"),  # json.loads
+            ("171801", "[" * 50_000, "too_deep", f"deeper than {MAX_DEPTH}"),
+            ("001716", "<a>" * 20_000 + "</a>" * 20_000, "payload_too_large", f"> {SE.MAX_PAYLOAD_CHARS}"),
+            ("001011", "a = " + "[" * 30_000, "too_deep", "ran out of recursion")]:   # tomllib
+        r = score_example(rec(tid), body)
+        assert (r.render_score, r.final_score, r.reason) == (0, 0.0, reason) and detail in r.detail, (tid, r)
+    # XML under the payload cap has no depth limit (xmltodict has none): it renders, and the
+    # path walk is iterative, so 14,000 levels are no RecursionError
+    r = score_example(rec("001716", ["a.a.a", "b"]), "<a>" * 14_000 + "</a>" * 14_000)
+    assert (r.render_score, r.reason, r.missing_paths) == (1, "missing_paths", ("b",)), r
     assert score(rec("000500"), None) == {"render_score": 0, "key_validation_score": 0.0, "final_score": 0.0}
     assert score(rec("000500"), "x" * (SE.MAX_GENERATION_CHARS + 1))["final_score"] == 0.0

@@ -1,5 +1,7 @@
 """The code reward: extraction, scoring, and a sandbox that holds against the things model
-code does by accident or as a reward hack. Every run states the time it must finish in."""
+code does by accident or as a reward hack. Every run must end within KILL_SLACK x its wall
+limit timeout_s: a kill bound with room for a loaded 2-core machine (speed is not tested here;
+the per-step and wall timeouts that fired are asserted by the reasons)."""
 
 import os
 import secrets
@@ -15,13 +17,17 @@ TESTS = ["assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) ==
 EX = {"tests": TESTS}
 GOOD = "def add(a, b):\n    return a + b\n"
 FAST = {"timeout_s": 3.0, "test_timeout_s": 0.5}
+KILL_SLACK = 5
+"""A run must end within 5x its wall limit `timeout_s` (the process group is killed at it)."""
 
 
-def score(code, example=EX, limit_s=2.0, **opts):
-    """Run `code` as a completion; assert it took under `limit_s`."""
+def score(code, example=EX, **opts):
+    """Run `code` as a completion; assert it ended within KILL_SLACK x its timeout_s."""
+    opts = {**FAST, **opts}
     t0 = time.monotonic()
-    res = code_reward(code, example, **{**FAST, **opts})
+    res = code_reward(code, example, **opts)
     took = time.monotonic() - t0
+    limit_s = KILL_SLACK * opts["timeout_s"]
     assert took < limit_s, f"{took:.2f} s > {limit_s} s: {res}"
     return res
 
@@ -143,7 +149,7 @@ def test_bad_examples_and_empty_completions():
 @pytest.mark.parametrize("completion", ["```", "```python", "\x00", "\udc80", "(" * 5000,
                                         "```python\n\udcff = 1\n```", "</think>", "0" * 10000])
 def test_odd_completions_score_zero_without_raising(completion):
-    assert score(completion, limit_s=5).score == 0.0
+    assert score(completion).score == 0.0
 
 
 def test_ordinary_stdlib_code_works_in_the_sandbox():
@@ -177,7 +183,7 @@ os.remove("a/g")
 shutil.rmtree("a")
 assert box == [1] and P(1, 2).a == 1 and Q(3).x == 3
 """
-    res = score(code, limit_s=3)
+    res = score(code)
     assert (res.score, res.reason) == (1.0, "ok"), res
 
 
@@ -185,12 +191,12 @@ assert box == [1] and P(1, 2).a == 1 and Q(3).x == 3
 
 
 def test_infinite_loop_at_top_level_is_stopped_per_step():
-    res = score("while True:\n    pass\n", limit_s=2)
+    res = score("while True:\n    pass\n")
     assert (res.score, res.reason, res.detail) == (0.0, "solution_error", "timeout")
 
 
 def test_a_hanging_test_fails_alone():
-    res = score("def add(a, b):\n    while a == 0:\n        pass\n    return a + b\n", limit_s=2)
+    res = score("def add(a, b):\n    while a == 0:\n        pass\n    return a + b\n")
     assert res.score == pytest.approx(2 / 3)
     assert "timeout" in res.detail
 
@@ -198,7 +204,7 @@ def test_a_hanging_test_fails_alone():
 def test_a_loop_that_swallows_the_timer_hits_the_wall_limit_and_keeps_earlier_credit():
     code = ("def add(a, b):\n    while a < 0:\n        try:\n            while True:\n"
             "                pass\n        except BaseException:\n            pass\n    return a + b\n")
-    res = score(code, limit_s=3, timeout_s=1.5)
+    res = score(code, timeout_s=1.5)
     assert (res.score, res.reason) == (pytest.approx(2 / 3), "time_limit")
     assert sandbox_processes() == []
 
@@ -340,7 +346,7 @@ def test_huge_output_is_discarded(attack, reason):
     "s = 'x' * 10**6\nwhile True:\n    s += s",
 ])
 def test_memory_bombs_are_capped(attack):
-    res = score(GOOD + attack + "\n", mem_mb=256, limit_s=5)
+    res = score(GOOD + attack + "\n", mem_mb=256)
     assert res.score == 0.0, res
 
 
@@ -419,7 +425,7 @@ def test_through_get_reward():
     assert reward.evaluate("import os\nwhile True:\n    os.fork()\n", EX).score == 0.0
     assert reward(GOOD, EX) == 1.0  # the worker survived all of it
     assert reward.evaluate(None, EX).reason == "bad_value"
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < KILL_SLACK * 3.0  # seven runs, none near its 3 s limit
     assert sandbox_processes() == []
 
 

@@ -1,8 +1,10 @@
 """Math rewards: extraction, normalisation, numeric and symbolic equality, and the
-guarantees against adversarial completions (never raises, bounded time)."""
+guarantees against adversarial completions (never raises; bounded work, asserted by the
+limit that fires, not by a wall clock; only the kill of a symbolic check keeps a loose one)."""
 
 import json
 import math
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,10 +20,54 @@ from posttrain.rewards.math import answers_match, extract_answer, extract_refere
 GSM8K_TEST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
+KILL_SLACK_S = 10.0
+"""A symbolic check killed at its 1 s timeout must return within this: 10x, for a loaded
+2-core machine (forking and reaping the child is what varies), yet a check left running
+(sympy on 9^{9^{9^{9}}} does not finish) still fails it."""
+
+
 def _timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+class _Spy:
+    """A compiled pattern that logs how many characters each search / finditer may scan."""
+
+    def __init__(self, pattern, log):
+        self._pattern, self._log = pattern, log
+
+    def _scan(self, name, string, pos=0, endpos=sys.maxsize):
+        self._log.append(min(endpos, len(string)) - pos)
+        return getattr(self._pattern, name)(string, pos, endpos)
+
+    def search(self, *args):
+        return self._scan("search", *args)
+
+    def finditer(self, *args):
+        return self._scan("finditer", *args)
+
+    def __getattr__(self, name):
+        return getattr(self._pattern, name)
+
+
+@pytest.fixture
+def work(monkeypatch):
+    """Counts the work extraction does: answer spans finished, \\boxed{} bodies scanned,
+    and the characters each brace scan and trailing-unit search may read."""
+    log = {"spans": 0, "boxes": 0, "brace_scan": [], "unit_scan": []}
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            log[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+    monkeypatch.setattr(mr, "_finish_span", counting("spans", mr._finish_span))
+    monkeypatch.setattr(mr, "_boxed_contents", counting("boxes", mr._boxed_contents))
+    monkeypatch.setattr(mr, "_BRACE_RE", _Spy(mr._BRACE_RE, log["brace_scan"]))
+    monkeypatch.setattr(mr, "_UNIT_TAIL_RE", _Spy(mr._UNIT_TAIL_RE, log["unit_scan"]))
+    return log
 
 
 @pytest.fixture
@@ -180,30 +226,31 @@ def test_cheap_checks_skip_math_verify(no_symbolic):
 
 def test_symbolic_check_runs_off_the_main_thread():
     out = {}
+    mr._symbolic.cache_clear()  # a cached timeout would return at once
 
-    def work():
+    def job():
         out["true"] = answers_match("\\frac{3}{\\sqrt{3}}", "\\sqrt{3}")
-        out["hard"], out["seconds"] = _timed(answers_match, "9^{9^{9^{9}}}", "7", timeout_s=1.0)
+        out["hard"], out["seconds"] = _timed(mr._compare, "9^{9^{9^{9}}}", "7", timeout_s=1.0)
 
-    t = threading.Thread(target=work)
+    t = threading.Thread(target=job)
     t.start()
-    t.join(10)
+    t.join(3 * KILL_SLACK_S)
     assert not t.is_alive()
-    assert out["true"] is True and out["hard"] is False
-    assert out["seconds"] < 2.0
+    assert out["true"] is True and out["hard"] == (False, "symbolic check timed out after 1 s")
+    assert out["seconds"] < KILL_SLACK_S
 
 
 @pytest.mark.parametrize("latex", ["9^{9^{9^{9}}}", "2^{2^{2^{2^{2^{2}}}}}", "10^{10^{10}}"])
 def test_pathological_latex_returns_within_the_timeout(latex):
+    mr._symbolic.cache_clear()
     (same, note), seconds = _timed(mr._compare, latex, "5", timeout_s=1.0)
-    assert same is False and "timed out" in note
-    assert seconds < 2.0
+    assert same is False and note == "symbolic check timed out after 1 s"  # killed, not finished
+    assert seconds < KILL_SLACK_S
 
 
 def test_giant_expression_is_not_handed_to_sympy(no_symbolic):
     giant = "+".join(["x"] * 3000)
-    (same, seconds) = _timed(answers_match, giant, "3000x")
-    assert same is False and seconds < 0.5
+    assert mr._compare(giant, "3000x") == (False, f"over {mr.SYMBOLIC_MAX_CHARS} chars: strings compared only")
 
 
 # --------------------------------------------------------------------------- the rewards
@@ -263,23 +310,23 @@ def gsm8k_rows():
 
 
 def test_gsm8k_gold_solutions_all_correct(gsm8k_rows, no_symbolic):
+    """Plain numbers never reach math-verify (no_symbolic): what keeps this fast."""
     assert len(gsm8k_rows) == 1319
-    t0 = time.perf_counter()
     fn = REWARDS.get("math").fn
     for i, row in enumerate(gsm8k_rows):
         gold = row["answer"]
         flexible, strict = extract_answer(gold), extract_answer(gold, mode="strict")
         assert flexible is not None and answers_match(flexible, strict), (i, gold[-40:])
         assert fn(gold, {"answer": gold}).reason == "correct", (i, gold[-40:])
-    assert time.perf_counter() - t0 < 5.0
 
 
 def test_gsm8k_gold_through_the_safe_wrappers(gsm8k_rows):
-    t0 = time.perf_counter()
     for name in ("math", "math_strict"):
         reward = get_reward(name)
-        scores = [reward(row["answer"], {"answer": row["answer"]}) for row in gsm8k_rows]
-        assert sum(scores) == len(gsm8k_rows), name
+        results = [reward.evaluate(row["answer"], {"answer": row["answer"]}) for row in gsm8k_rows]
+        assert sum(r.score for r in results) == len(gsm8k_rows), name
+        # decided by value in the worker, never by a forked symbolic check
+        assert all(r.detail.endswith("(numeric)") for r in results), name
     # a shifted reference is wrong except where two neighbours share the answer
     reward = get_reward("math")
     shifted = [reward(gsm8k_rows[i]["answer"], {"answer": gsm8k_rows[i - 1]["answer"]})
@@ -287,7 +334,6 @@ def test_gsm8k_gold_through_the_safe_wrappers(gsm8k_rows):
     same = sum(extract_reference(gsm8k_rows[i]["answer"]) == extract_reference(gsm8k_rows[i - 1]["answer"])
                for i in range(len(gsm8k_rows)))
     assert sum(shifted) == same
-    assert time.perf_counter() - t0 < 5.0
 
 
 # --------------------------------------------------------------------------- adversarial
@@ -295,23 +341,25 @@ def test_gsm8k_gold_through_the_safe_wrappers(gsm8k_rows):
 BIG = "9" * 100_000
 
 
-@pytest.mark.parametrize("completion, expect", [
-    (f"The answer is {BIG}.", "wrong_answer"),
-    (f"#### {BIG}", "wrong_answer"),
-    ("the answer is 1e999999", "wrong_answer"),
-    ("\\boxed{" + BIG, "wrong_answer"),                               # unterminated: last number
-    ("\\boxed{" * 5000, "no_answer"),
-    ("\\boxed{" + "{" * 5000 + "18" + "}" * 5000 + "}", "correct"),   # thousands of nested braces
-    ("{" * 50_000 + "}" * 50_000, "no_answer"),
-    ("\\boxed{9^{9^{9^{9}}}}", "wrong_answer"),                        # sympy would run forever
-    ("\\boxed{" + "+".join(["x"] * 4_000) + "}", "wrong_answer"),      # giant formula
-    ("\\boxed{" + "+".join(["x"] * 20_000) + "}", "no_answer"),         # box over 20,000 chars
+@pytest.mark.parametrize("completion, expect, how", [
+    (f"The answer is {BIG}.", "wrong_answer", "(numeric)"),           # digits compared as text
+    (f"#### {BIG}", "wrong_answer", "(numeric)"),
+    ("the answer is 1e999999", "wrong_answer", "(numeric)"),          # Decimal, no float overflow
+    ("\\boxed{" + BIG, "wrong_answer", "(numeric)"),                  # unterminated: last number
+    ("\\boxed{" * 5000, "no_answer", ""),
+    ("\\boxed{" + "{" * 5000 + "18" + "}" * 5000 + "}", "correct", "(numeric)"),  # nested braces
+    ("{" * 50_000 + "}" * 50_000, "no_answer", ""),
+    ("\\boxed{9^{9^{9^{9}}}}", "wrong_answer",                        # sympy would run forever
+     f"(symbolic check timed out after {mr.SYMBOLIC_TIMEOUT_S:g} s)"),
+    ("\\boxed{" + "+".join(["x"] * 4_000) + "}", "wrong_answer",      # giant formula
+     f"(over {mr.SYMBOLIC_MAX_CHARS} chars: strings compared only)"),
+    ("\\boxed{" + "+".join(["x"] * 20_000) + "}", "no_answer", ""),   # box over BOXED_MAX_CHARS
 ])
-def test_adversarial_completions_are_scored_fast(completion, expect):
-    reward = get_reward("math")
-    res, seconds = _timed(reward.evaluate, completion, {"answer": "18"})
-    assert res.reason == expect, res
-    assert seconds < mr.SYMBOLIC_TIMEOUT_S + 2.0
+def test_adversarial_completions_stop_at_a_limit(completion, expect, how):
+    """Through the worker (its 8 s timeout would say "timeout"): the reason, and the note
+    naming how the comparison was decided, which is the limit that bounds the work."""
+    res = get_reward("math").evaluate(completion, {"answer": "18"})
+    assert res.reason == expect and res.detail.endswith(how), res
 
 
 @pytest.mark.parametrize("text", [
@@ -325,17 +373,24 @@ def test_adversarial_completions_are_scored_fast(completion, expect):
     ("1,000," * 170_000) + "5",
     "-" * 1_000_000 + "5",
     "The answer is " + "\\frac{" * 170_000,
+    "\\boxed{" + "{" * 1_000_000,                  # one box, never closed: the scan stops
+    "Answer: no idea\n" * 62_500,                 # every anchor fails: only the last 32 tried
 ])
-def test_one_megabyte_completion(text, no_symbolic):
-    """The wrapper refuses it (max_chars); the functions themselves stay linear."""
+def test_one_megabyte_completion(text, no_symbolic, work):
+    """The wrapper refuses it (max_chars); called directly, the functions' work is bounded
+    by their caps: the last _LAST_K matches of each anchor and the last 8 \\boxed are
+    tried, a brace scan reads at most BOXED_MAX_CHARS, a trailing-unit search 80 chars."""
     assert len(text) >= 1_000_000
     assert get_reward("math").evaluate(text, {"answer": "18"}).reason == "too_large"
-    t0 = time.perf_counter()
     ans = extract_answer(text)
     extract_answer(text, mode="strict")
     answers_match(ans, "18", symbolic=False)
-    mr.math_reward(text, {"answer": "18"}, symbolic=False)
-    assert time.perf_counter() - t0 < 2.0
+    assert work["spans"] <= 3 * mr._LAST_K + 1  # three anchor rules and the boxed rule
+    assert work["boxes"] <= 8 * (work["spans"] + 1)
+    assert max(work["brace_scan"], default=0) <= mr.BOXED_MAX_CHARS
+    assert max(work["unit_scan"], default=0) <= 80
+    res = mr.math_reward(text, {"answer": "18"}, symbolic=False)
+    assert res.reason in ("correct", "wrong_answer", "no_answer"), res
 
 
 # --------------------------------------------------------------------------- fuzz
@@ -375,4 +430,4 @@ def test_fuzz_reward_and_numeric_match_never_raise(completion, ref):
 @given(_TEXT, _TEXT)
 def test_fuzz_symbolic_match_never_raises(pred, ref):
     (same, _), seconds = _timed(mr._compare, pred, ref, timeout_s=1.0)
-    assert isinstance(same, bool) and seconds < 2.5
+    assert isinstance(same, bool) and seconds < KILL_SLACK_S

@@ -1,9 +1,8 @@
 """Structured-output rewards: extraction, safe parsing, paths, hand-worked fractions, the
-built-in task's reference answers, adversarial payloads with time bounds, and fuzzing."""
+built-in task's reference answers, adversarial payloads stopped at a named limit, and fuzzing."""
 
 import datetime as dt
 import json
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -304,55 +303,85 @@ _XML_LOL = ('<?xml version="1.0"?>\n<!DOCTYPE lolz [\n <!ENTITY lol "lol">\n'
             + "]>\n<lolz>&lol9;</lolz>")
 _XXE = '<?xml version="1.0"?>\n<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n<r><a>&x;</a></r>'
 
+_DEEP = f"deeper than {S.MAX_DEPTH}"
+_PAYLOAD_CAP = f"> {S.MAX_PAYLOAD_CHARS}"
+_COMPLETION_CAP = f"> {S.MAX_COMPLETION_CHARS}"
+_FIELD_CAP = f"a field over {S.MAX_CSV_FIELD_CHARS} chars"
+_UNSAFE = "DOCTYPE / ENTITY declarations are not allowed"
+_DIGITS = "Exceeds the limit (4300 digits)"  # Python's int() digit limit, not ours
+
+# (format, completion, the score every kind must give or None, the format reward's reason,
+#  a fragment of its detail naming the limit that stopped the work)
 ADVERSARIAL = [
-    ("json", '{"x": 1e999, "y": -1e999}', None),
-    ("json", '{"x": ' + "9" * 10_000 + "}", None),
-    ("json", "[" * 100_000 + "]" * 100_000, 0.0),
-    ("json", "[" * 50_000 + "]" * 50_000, 0.0),
-    ("json", "{" * 150_000, 0.0),
-    ("json", "Answer: {" + "[]" * 60_000, 0.0),
-    ("json", '"' + '\\"' * 60_000, 0.0),
-    ("json", "```\n" * 40_000, 0.0),
-    ("json", "<think>" * 25_000, 0.0),
-    ("json", "x" * 10_000_000, 0.0),
-    ("json", '{"a": "' + "x" * 150_000 + '"}', 0.0),
-    ("yaml", _LOL, 0.0),
+    ("json", '{"x": 1e999, "y": -1e999}', None, "ok", ""),
+    ("json", '{"x": ' + "9" * 10_000 + "}", None, "parse_error", _DIGITS),
+    ("json", "[" * 100_000 + "]" * 100_000, 0.0, "payload_too_large", _PAYLOAD_CAP),
+    ("json", "[" * 50_000 + "]" * 50_000, 0.0, "too_deep", _DEEP),   # exactly at the payload cap
+    ("json", "{" * 150_000, 0.0, "payload_too_large", _PAYLOAD_CAP),
+    ("json", "Answer: {" + "[]" * 60_000, 0.0, "empty", ""),          # the first span, [], parses
+    ("json", "Answer: " + "[1,] " * 19_000, 0.0, "parse_error", ""),  # 19,000 spans, none parses
+    ("json", '"' + '\\"' * 60_000, 0.0, "payload_too_large", _PAYLOAD_CAP),
+    ("json", "```\n" * 40_000, 0.0, "payload_too_large", _PAYLOAD_CAP),
+    ("json", "<think>" * 25_000, 0.0, "no_payload", ""),
+    ("json", "x" * 10_000_000, 0.0, "too_large", _COMPLETION_CAP),
+    ("json", '{"a": "' + "x" * 150_000 + '"}', 0.0, "payload_too_large", _PAYLOAD_CAP),
+    ("yaml", _LOL, 0.0, "too_many_nodes", f"more than {S.MAX_NODES} nodes"),
     ("yaml", "\n".join(f"k{i}: &a{i} [1]" for i in range(200)) + "\n"
-     + "\n".join(f"r{i}: *a{i}" for i in range(200)), 0.0),  # a bomb of anchors
-    ("yaml", "a: &a [*a]", 0.0),
-    ("yaml", "[" * 60_000, 0.0),
-    ("yaml", "- " * 30_000 + "x", 0.0),
-    ("yaml", "a: !!python/object/apply:os.system ['echo hi']", 0.0),
-    ("yaml", "x" * 10_000_000, 0.0),
-    ("xml", _XML_LOL, 0.0),
-    ("xml", _XXE, 0.0),
-    ("xml", "<a>" * 60_000, 0.0),
-    ("xml", "<r>" + "<i/>" * 30_000 + "</r>", None),
-    ("xml", "<r>&undefined;</r>", 0.0),
-    ("csv", "a,b\n" + "x" * 20_000 + ",1", 0.0),
-    ("csv", ",".join(f"c{i}" for i in range(20_000)) + "\n" + "1," * 19_999 + "1", None),
-    ("csv", '"' * 99_999, 0.0),
-    ("toml", "a = " + "[" * 1000 + "]" * 1000, 0.0),
-    ("toml", "x = " + "9" * 10_000, 0.0),
-    ("toml", "a.b.c.d = 1\n" * 5000, 0.0),
+     + "\n".join(f"r{i}: *a{i}" for i in range(200)), 0.0,
+     "too_many_nodes", f"more than {S.MAX_YAML_ALIASES} aliases"),  # a bomb of anchors
+    ("yaml", "a: &a [*a]", 0.0, "parse_error", "recursive alias"),
+    ("yaml", "[" * 60_000, 0.0, "too_deep", _DEEP),
+    ("yaml", "- " * 30_000 + "x", 0.0, "too_deep", _DEEP),
+    ("yaml", "a: !!python/object/apply:os.system ['echo hi']", 0.0, "parse_error", "ConstructorError"),
+    ("yaml", "x" * 10_000_000, 0.0, "too_large", _COMPLETION_CAP),
+    ("xml", _XML_LOL, 0.0, "unsafe", _UNSAFE),
+    ("xml", _XXE, 0.0, "unsafe", _UNSAFE),
+    ("xml", "<a>" * 60_000, 0.0, "payload_too_large", _PAYLOAD_CAP),
+    ("xml", "<a>" * 30_000, 0.0, "too_deep", _DEEP),
+    ("xml", "<r>" + "<i/>" * 30_000 + "</r>", None, "payload_too_large", _PAYLOAD_CAP),
+    ("xml", "<r>" + "<i/>" * 24_000 + "</r>", None, "ok", ""),
+    ("xml", "<r>&undefined;</r>", 0.0, "parse_error", "undefined entity"),
+    ("csv", "a,b\n" + "x" * 20_000 + ",1", 0.0, "payload_too_large", _FIELD_CAP),
+    ("csv", ",".join(f"c{i}" for i in range(20_000)) + "\n" + "1," * 19_999 + "1", None,
+     "payload_too_large", _PAYLOAD_CAP),
+    ("csv", '"' * 99_999, 0.0, "payload_too_large", _FIELD_CAP),
+    ("toml", "a = " + "[" * 1000 + "]" * 1000, 0.0, "too_deep", "ran out of recursion"),
+    ("toml", "a = " + "[" * 50 + "]" * 50 + "\nb = " + "[" * 65 + "]" * 65, 0.0, "too_deep", _DEEP),
+    ("toml", "x = " + "9" * 10_000, 0.0, "parse_error", _DIGITS),
+    ("toml", "a.b.c.d = 1\n" * 5000, 0.0, "parse_error", "Cannot overwrite a value"),
 ]
 
 
-@pytest.mark.parametrize("fmt, text, want", ADVERSARIAL,
-                         ids=[f"{fmt}-{i}" for i, (fmt, _, _) in enumerate(ADVERSARIAL)])
-def test_adversarial_payloads_are_scored_fast(fmt, text, want):
+@pytest.fixture
+def parser_calls(monkeypatch):
+    """The length of every text handed to a parser (json.loads, the YAML loader, ...)."""
+    seen = []
+    for fmt, parse in list(S._PARSERS.items()):
+        def counted(text, _parse=parse):
+            seen.append(len(text))
+            return _parse(text)
+        monkeypatch.setitem(S._PARSERS, fmt, counted)
+    return seen
+
+
+@pytest.mark.parametrize("fmt, text, want, reason, detail", ADVERSARIAL,
+                         ids=[f"{case[0]}-{i}" for i, case in enumerate(ADVERSARIAL)])
+def test_adversarial_payloads_stop_at_a_limit(fmt, text, want, reason, detail, parser_calls):
+    """No wall clock (it fails on a loaded machine): the work is bounded by the limit that
+    fires, named in the reason and detail, and no parser ever sees more than
+    MAX_PAYLOAD_CHARS, nor more than 1 + MAX_SPAN_TRIES candidates per completion."""
     ex = {"required": ["a", "x"], "types": {"a": "int", "x": "float"}, "expected": {"a": 1, "x": 2.0}}
     S._load_cached.cache_clear()
-    t0 = time.perf_counter()
     results = score_all(text, ex, fmt=fmt)
-    assert time.perf_counter() - t0 < 1.0  # all five, direct
+    assert (results["format"].reason, detail in results["format"].detail) == (reason, True), results["format"]
+    assert all(n <= S.MAX_PAYLOAD_CHARS for n in parser_calls), max(parser_calls)
+    assert len(parser_calls) <= 1 + S.MAX_SPAN_TRIES  # one parse shared by the five kinds (cached)
     for kind, res in results.items():
         assert 0.0 <= res.score <= 1.0, (kind, res)
         if want is not None:
             assert res.score == want, (kind, res)
-    t0 = time.perf_counter()
-    wrapped = get_reward(f"{fmt}_format").evaluate(text, ex)
-    assert time.perf_counter() - t0 < 1.0 and wrapped.reason not in ("error", "timeout", "memory", "crash")
+    wrapped = get_reward(f"{fmt}_format").evaluate(text, ex)  # in the worker: a timeout would say so
+    assert wrapped.reason == reason, wrapped
 
 
 def test_rejections_name_the_limit():
