@@ -442,7 +442,7 @@ def _update(ctx: RLContext, batch: dict, old_logp, ref_logp, stats: StepStats,
             for micro in torch.split(mb, tc.batch_size):
                 b = _rows(batch, micro, ctx.device)
                 out, logp, old = _micro_step(ctx, b, old_logp, ref_logp, micro, norms, stats, replay,
-                                             first_epoch=epoch == 0, natural=natural_in_update)
+                                             update=epoch * rl.mini_batches + i_mb, natural=natural_in_update)
                 if out is None:
                     finite = False
                     break
@@ -488,9 +488,10 @@ def _update(ctx: RLContext, batch: dict, old_logp, ref_logp, stats: StepStats,
 
 
 def _micro_step(ctx: RLContext, b: dict, old_logp, ref_logp, micro, norms, stats: StepStats,
-                replay: str | None, first_epoch: bool, natural: bool):
-    """Forward and backward of one micro-batch (under the MoE routing session, which must
-    stay open through backward); None for a non-finite loss. Feeds `stats`."""
+                replay: str | None, update: int, natural: bool):
+    """Forward and backward of one micro-batch of update number `update` (under the MoE
+    routing session, which must stay open through backward); None for a non-finite loss.
+    Feeds `stats`."""
     recipe, tc = ctx.recipe, ctx.recipe.train
     session = (ctx.routing.session(replay=b.get(replay) if replay else None) if ctx.routing is not None
                else contextlib.nullcontext())
@@ -509,7 +510,8 @@ def _micro_step(ctx: RLContext, b: dict, old_logp, ref_logp, micro, norms, stats
             return None, logp, old
         out.loss.backward()
     valid = b["mask"]
-    stats.mismatch(logp, b["rollout_logp"], valid, prefix="mismatch/update_")
+    first_epoch = update < ctx.recipe.rl.mini_batches
+    stats.mismatch(logp, b["rollout_logp"], valid, prefix="mismatch/update_", update=update)
     if first_epoch:  # every row once: step-level pi_old-vs-engine mismatch and entropy
         stats.mismatch(old, b["rollout_logp"], valid)
         stats.entropy(entropy, valid)

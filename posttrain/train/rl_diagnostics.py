@@ -113,15 +113,19 @@ class StepStats:
         if name == "routing/divergence":
             self.mean("routing/divergence_layer", float(differ.sum()), float(differ.numel()))
 
-    def mismatch(self, old: Tensor, rollout: Tensor, valid: Tensor, prefix: str = "mismatch/") -> None:
+    def mismatch(self, old: Tensor, rollout: Tensor, valid: Tensor, prefix: str = "mismatch/",
+                 update: int | None = None) -> None:
         """|log pi_old - log pi_rollout| mean and max, k3 of KL(pi_rollout || pi_old) and the
-        fraction of IS weights outside IS_BAND, over valid tokens."""
+        fraction of IS weights outside IS_BAND, over valid tokens. With `update` (the update
+        passes' log-probs in place of pi_old's) also the mean per update index."""
         d = (old.detach().float() - rollout.float())[valid]  # log w
         if d.numel() == 0:
             return
         n = float(d.numel())
         self.mean(prefix + "abs_logp_diff_mean", float(d.abs().sum()), n)
         self.max(prefix + "abs_logp_diff_max", float(d.abs().max()))
+        if update is not None:
+            self.mean(f"{prefix}abs_logp_diff_mb{update}", float(d.abs().sum()), n)
         if prefix == "mismatch/":
             self.mean("mismatch/k3", float((d.exp() - 1 - d).sum()), n)
             out = (d < math.log(IS_BAND[0])) | (d > math.log(IS_BAND[1]))
