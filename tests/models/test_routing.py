@@ -189,3 +189,29 @@ def test_lora_wrapped_routers_are_hooked_and_replay(moe_path):
             assert not torch.allclose(model(input_ids=ids).logits, ref, atol=1e-4)
     finally:
         r.remove()
+
+
+def test_replay_holds_through_checkpointed_backward(moe_path):
+    """Activation checkpointing re-runs the routers in backward: with the session open the
+    recomputed forward replays too, so the gradient equals the un-checkpointed one; routes
+    that differ from the natural ones make this a real check."""
+    from posttrain.models.load import enable_checkpointing
+    ids = _ids()
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = load_model(ModelConfig(path=moe_path)).train()
+        with torch.no_grad():
+            for rt in find_routers(model):
+                rt.weight.normal_(0, 0.5)
+        if checkpointing:
+            enable_checkpointing(model)
+        r = MoERouting(model)
+        with r.session(), torch.no_grad():
+            model(input_ids=ids)
+            other = ((r.take().long() + 1) % 8).to(torch.int8)
+        with r.session(replay=other):
+            model(input_ids=ids).logits.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        r.remove()
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
