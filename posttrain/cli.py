@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "f32", "f16", "bf16"],
                    help="weight dtype (default: bfloat16 for --merge, f16 for --gguf)")
 
+    p = sub.add_parser("report", help="plots of a run's metrics: PNGs and one offline HTML page")
+    p.add_argument("run_dir", help="a run's output directory (one stage, or a demo with sft/ and rl/)")
+    p.add_argument("--out", help="directory for the PNGs and report.html (default: RUN_DIR/report)")
+
     p = sub.add_parser("demo", help="the main job: SFT then RL of the embedded tiny model")
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("overrides", nargs="*", help="stage overrides: sft:train.max_steps=100 rl:train.lr=1e-4")
@@ -200,6 +204,19 @@ def cmd_export(args) -> None:
         console.print(f"GGUF written to {r.gguf_file}")
 
 
+def cmd_report(args) -> None:
+    from .report import build_report
+    rep = build_report(args.run_dir, args.out)
+    for s in rep.stages:
+        name = s.name or "run"
+        console.print(f"{name}: {len(s.pngs)} plots ({', '.join(s.pngs)})", soft_wrap=True)
+        if s.empty:
+            console.print(f"{name}: not logged in this run: {', '.join(p.key for p in s.empty)}", soft_wrap=True)
+        if s.no_finite:
+            console.print(f"{name}: logged but never finite: {', '.join(s.no_finite)}", soft_wrap=True)
+    console.print(f"report: {rep.html}  (PNGs in {rep.out_dir})", soft_wrap=True)
+
+
 DEMO_METRICS = ("format", "schema", "type", "exact", "reward")
 
 
@@ -294,7 +311,7 @@ def _summary(title: str, out, result) -> None:
 
 
 COMMANDS = {"tiny-model": cmd_tiny_model, "sft": cmd_sft, "rl": cmd_rl, "prefer": cmd_prefer, "eval": cmd_eval,
-            "export": cmd_export, "demo": cmd_demo}
+            "export": cmd_export, "demo": cmd_demo, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,10 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from .data.chat import TemplateError
     from .data.sources import DataError
+    from .report import ReportError
     from .train.loop import TrainingError
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, DataError, TemplateError, TrainingError, OSError) as e:
+    except (ConfigError, DataError, TemplateError, TrainingError, ReportError, OSError) as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
