@@ -137,3 +137,16 @@ def test_divergence_counts_tokens_whose_expert_set_differs_in_any_layer():
     m = s.metrics()
     assert m["routing/divergence"] == pytest.approx(1 / 2)
     assert m["routing/divergence_layer"] == pytest.approx(1 / 4)
+
+
+@pytest.mark.slow
+def test_the_tiny_moe_recipe_runs_with_r3(tmp_path):
+    """The shipped recipe, cut to one small step: it loads, trains and replays exactly."""
+    from pathlib import Path
+    import posttrain
+    path = Path(posttrain.__file__).parent / "recipes" / "tiny-moe.yaml"
+    r = load_recipe(RLRecipe, path, ["rl.routing_replay=r3", "train.max_steps=1", "rl.prompts_per_step=2",
+                                     "data.eval=[]", "train.progress=false", "rollout.max_new_tokens=8"])
+    assert r.rl.mini_batches == 4 and r.rollout.precision == "bf16_weights"
+    rows = run_rl(r, tmp_path).history
+    assert rows[0]["updates"] == 4 and rows[0]["routing/divergence_replayed"] == 0.0
