@@ -213,6 +213,9 @@ class RLConfig:
     reference: Literal["auto", "none"] = "auto"
     """auto: a reference model exists only when objective_params.beta > 0 (the base with
     adapters disabled, or a frozen copy for full fine-tuning); none: never."""
+    routing_replay: Literal["none", "r2", "r3"] = "none"
+    """MoE only: the expert routing of the update passes. r2 = pi_old's (the trainer before
+    the step's first update), r3 = the rollout engine's (pi_old too); docs/stability.md."""
 
 
 @dataclass

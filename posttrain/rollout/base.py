@@ -66,7 +66,10 @@ class Rollout:
     prompt_index: list[int]
     n: int = 1
     routes: list | None = field(default=None)
-    """MoE expert choices per completion, for routing replay (engines that capture them)."""
+    """MoE expert choices, for routing replay (engines that capture them, else None): per
+    row an int8/int16 (P + C - 1, L, k) tensor of the top-k experts of every layer at
+    every position the engine fed (the prompt, and the completion but its last token);
+    see posttrain.models.routing."""
 
     def __len__(self) -> int:
         return len(self.completion_ids)

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from posttrain.models.routing import RouteCollector
 from posttrain.rollout.base import ENGINES, Rollout, SamplingParams
 
 PRECISIONS = ("same", "bf16_weights", "bf16")
@@ -85,24 +86,29 @@ class HFEngine:
     def __init__(self, model, tokenizer, batch_size: int = 64):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.routing = None
+        """A `models.routing.MoERouting` over `model`: when set, every completion's expert
+        routes (prompt and completion positions) come back in `Rollout.routes`."""
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int = 1) -> Rollout:
         rows = [list(p) for p in prompts for _ in range(n)]
         index = [i for i in range(len(prompts)) for _ in range(n)]
         ends = stop_ids(self.tokenizer, params)
-        completions, logps, reasons = [], [], []
+        completions, logps, reasons, routes = [], [], [], []
         was_training = self.model.training
         self.model.eval()
         try:
             for s in range(0, len(rows), self.batch_size):
-                c, lp, r = self._generate_batch(rows[s:s + self.batch_size], params, ends)
+                c, lp, r, ro = self._generate_batch(rows[s:s + self.batch_size], params, ends)
                 completions += c
                 logps += lp
                 reasons += r
+                routes += ro or []
         finally:
             self.model.train(was_training)
         texts = [self._text(c, params) for c in completions]
-        return Rollout(rows, completions, logps, reasons, texts, index, n)
+        return Rollout(rows, completions, logps, reasons, texts, index, n,
+                       routes=routes if self.routing is not None else None)
 
     def _text(self, ids: list[int], params: SamplingParams) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -112,8 +118,17 @@ class HFEngine:
                 text = text[:cut]
         return text
 
+    def _generate_batch(self, prompts, params: SamplingParams, ends: list[int]):
+        if self.routing is None:
+            return *self._sample_batch(prompts, params, ends, None), None
+        collector = RouteCollector(len(prompts))
+        with self.routing.session():
+            out = self._sample_batch(prompts, params, ends, collector)
+        return *out, collector.rows()
+
     @torch.no_grad()
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, ends: list[int]):
+    def _sample_batch(self, prompts: list[list[int]], params: SamplingParams, ends: list[int], routes):
+        """Sample one batch; `routes` (a RouteCollector or None) takes each forward's routes."""
         device = next(self.model.parameters()).device
         B, L = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
@@ -127,6 +142,8 @@ class HFEngine:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                          logits_to_keep=1)
         cache, logits = out.past_key_values, out.logits[:, -1]
+        if routes is not None:
+            routes.prefill(self.routing.take(), mask)
         live = torch.arange(B, device=device)  # original row of each row still generating
         next_pos = pos[:, -1] + 1  # (B,)
         tokens: list[list[int]] = [[] for _ in range(B)]
@@ -158,6 +175,8 @@ class HFEngine:
             out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache, logits = out.past_key_values, out.logits[:, -1]
+            if routes is not None:
+                routes.decode(self.routing.take(), live.tolist())
             next_pos = next_pos + 1
         return tokens, logps, reasons
 

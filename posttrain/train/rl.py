@@ -60,6 +60,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .loop import (BatchStream, TrainingError, lr_factor, make_optimizer, optimizer_step,
                    resolve_precision, seed_everything, start_run)
 from .metrics import MetricsSink, NullSink, Progress
+from .rl_diagnostics import StepStats, pack_routes, replay_key, route_metrics, setup_routing
 
 log = logging.getLogger("posttrain")
 
@@ -135,10 +136,11 @@ def build_batch(prompts: list[list[int]], completions: list[list[int]], engine_l
 
 
 def _rows(batch: dict, idx: torch.Tensor, device) -> dict:
-    """Rows `idx` of the batch on `device`, trimmed to their longest sequence."""
+    """Rows `idx` of the batch on `device`, trimmed to their longest sequence ((N, T, ...)
+    tensors, e.g. MoE routes (N, T, L, k), are trimmed along T)."""
     sub = {k: v[idx] for k, v in batch.items()}
     T = int(sub["attention_mask"].sum(1).max())
-    return {k: (v[:, :T] if v.dim() == 2 else v).to(device) for k, v in sub.items()}
+    return {k: (v[:, :T] if v.dim() >= 2 else v).to(device) for k, v in sub.items()}
 
 
 # --------------------------------------------------------------------------- the run
@@ -165,6 +167,8 @@ class RLContext:
     device: torch.device = torch.device("cpu")
     amp: Any = field(default_factory=contextlib.nullcontext)
     bad_in_row: int = 0
+    routing: Any = None
+    """models.routing.MoERouting over the policy (MoE models), else None."""
 
 
 @dataclass
@@ -249,6 +253,8 @@ def setup(recipe: RLRecipe, out: Path, resume: bool) -> tuple[RLContext, int, li
     # the rollout copy is made after a resume has restored the weights it copies
     ctx.rollout = RolloutWeights(model, rc.precision)
     ctx.engine = ENGINES.get(rc.engine)(ctx.rollout.model, tokenizer, batch_size=rc.batch_size)
+    # after every deep copy (reference, rollout): a copied hook would report to the policy's
+    ctx.routing = setup_routing(recipe.rl.routing_replay, model, ctx.rollout.model, ctx.engine)
     autocast = resolve_precision(tc.precision, device)
     ctx.amp = (lambda: torch.autocast(device.type, dtype=autocast)) if autocast else contextlib.nullcontext
     return ctx, step, held
@@ -349,9 +355,10 @@ def rl_step(ctx: RLContext) -> dict[str, float]:
     kept = kept[:P]
 
     # 4. advantages over the kept groups
-    prompt_ids, completion_ids, engine_logp, trunc_rows, rows_scores = [], [], [], [], []
+    prompt_ids, completion_ids, engine_logp, trunc_rows, rows_scores, route_rows = [], [], [], [], [], []
     for ro, rb, g in kept:
         for i in range(g * G, (g + 1) * G):
+            route_rows.append(ro.routes[i] if ro.routes is not None else None)
             prompt_ids.append(ro.prompt_ids[i])
             completion_ids.append(ro.completion_ids[i])
             engine_logp.append(ro.logprobs[i])
@@ -379,19 +386,31 @@ def rl_step(ctx: RLContext) -> dict[str, float]:
     adv = compute_advantages(rl.advantage, rewards, G, weights=weights, **_advantage_params(rl))
     train_rows = [not (rl.mask_truncated and tr) for tr in trunc_rows]
     batch = build_batch(prompt_ids, completion_ids, engine_logp, adv, train_rows, ctx.engine.pad_id)
+    routes = pack_routes(route_rows, batch["input_ids"].shape[1], ctx.routing) if ctx.routing else None
+    if routes is not None:
+        batch["routes"] = routes  # (N, T, L, k) the engine's
     metrics.update({"advantage/mean": float(adv.mean()), "advantage/std": float(adv.std()) if len(adv) > 1 else 0.0,
                     "advantage/zero_frac": float((adv == 0).float().mean())})
 
     # 5. pi_old and the reference
     t = time.perf_counter()
     n_updates = rl.epochs * rl.mini_batches
-    old_logp = _score(ctx, batch, ctx.model) if n_updates > 1 else None
+    mode = rl.routing_replay if ctx.routing is not None else "none"
+    old_logp = (_score(ctx, batch, ctx.model, replay="routes" if mode == "r3" else None,
+                       capture="old_routes") if n_updates > 1 else None)
     ref_logp = _score(ctx, batch, ctx.reference) if ctx.reference is not None else None
+    natural = batch.get("old_routes") if mode != "r3" else None
+    if mode == "r3" and "routes" in batch:  # r3 replays everywhere: one natural pass to measure
+        _score(ctx, batch, ctx.model, capture="probe_routes")
+        natural = batch["probe_routes"]
     times["old_logp"] += time.perf_counter() - t
 
     # 6. updates
     t = time.perf_counter()
-    update_metrics = _update(ctx, batch, old_logp, ref_logp)
+    stats = StepStats()
+    metrics.update(route_metrics(batch, natural, stats))
+    update_metrics = _update(ctx, batch, old_logp, ref_logp, stats,
+                             replay_key(mode, old_logp is not None), natural_in_update=natural is None)
     times["train"] += time.perf_counter() - t
     metrics.update(update_metrics)
 
@@ -401,17 +420,20 @@ def rl_step(ctx: RLContext) -> dict[str, float]:
     return metrics
 
 
-def _update(ctx: RLContext, batch: dict, old_logp, ref_logp) -> dict[str, float]:
-    """epochs x mini_batches optimizer steps; the mean of each metric over micro-batches."""
+def _update(ctx: RLContext, batch: dict, old_logp, ref_logp, stats: StepStats,
+            replay: str | None = None, natural_in_update: bool = False) -> dict[str, float]:
+    """epochs x mini_batches optimizer steps; the mean of each metric over micro-batches,
+    plus the step-level diagnostics of `stats` (rl_diagnostics). `replay`: the batch key of
+    the MoE routes the update passes replay (None: route naturally)."""
     recipe, rl, tc = ctx.recipe, ctx.recipe.rl, ctx.recipe.train
     N = batch["input_ids"].shape[0]
     needs = objective_normalisers(rl.objective, ctx.objective_params.get("aggregation"))
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    losses, grad_norms, stale = [], [], []
+    losses, grad_norms, stale = [], [], {}
     for epoch in range(rl.epochs):
         order = torch.randperm(N) if rl.mini_batches > 1 or rl.epochs > 1 else torch.arange(N)
-        for mb in torch.tensor_split(order, rl.mini_batches):
+        for i_mb, mb in enumerate(torch.tensor_split(order, rl.mini_batches)):
             norms = {"num_tokens": dist.sum_scalar(float(batch["mask"][mb].sum()), ctx.device),
                      "num_seqs": dist.sum_scalar(float(len(mb)), ctx.device),
                      "max_completion_len": recipe.rollout.max_new_tokens}
@@ -419,21 +441,11 @@ def _update(ctx: RLContext, batch: dict, old_logp, ref_logp) -> dict[str, float]
             mb_loss, finite, mb_stale = 0.0, True, []
             for micro in torch.split(mb, tc.batch_size):
                 b = _rows(batch, micro, ctx.device)
-                with ctx.amp():
-                    logp, entropy = model_token_logprobs(
-                        ctx.model, b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
-                        chunk_size=tc.logprob_chunk, temperature=_temperature(recipe.rollout),
-                        with_entropy=True)
-                old = (old_logp[micro][:, :logp.shape[1]].to(ctx.device) if old_logp is not None
-                       else logp.detach())
-                ref = ref_logp[micro][:, :logp.shape[1]].to(ctx.device) if ref_logp is not None else None
-                out = policy_loss(rl.objective, logp, old, b["advantages"], b["mask"],
-                                  rollout_logp=b["rollout_logp"], ref_logp=ref, entropy=entropy,
-                                  **ctx.objective_params, **norms)
-                if not torch.isfinite(out.loss):
+                out, logp, old = _micro_step(ctx, b, old_logp, ref_logp, micro, norms, stats, replay,
+                                             update=epoch * rl.mini_batches + i_mb, natural=natural_in_update)
+                if out is None:
                     finite = False
                     break
-                out.loss.backward()
                 mb_loss += float(out.loss.detach())
                 valid = b["mask"]
                 if valid.any():
@@ -455,20 +467,61 @@ def _update(ctx: RLContext, batch: dict, old_logp, ref_logp) -> dict[str, float]
             losses.append(mb_loss)
             grad_norms.append(grad_norm)
             tok = sum(n for _, n in mb_stale)
-            stale.append(sum(s for s, _ in mb_stale) / tok if tok else 0.0)
+            stale[epoch * rl.mini_batches + i_mb] = sum(s for s, _ in mb_stale) / tok if tok else 0.0
     out = {k: sums[k] / counts[k] for k in sums}
+    out.update(stats.metrics())  # exact step-level mismatch (replaces the micro-batch means)
     # the names the issue and the docs use
     out["loss"] = sum(losses) / len(losses) if losses else float("nan")
     out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+    out["grad_norm_max"] = max(grad_norms, default=float("nan"))
     out["entropy"] = out.get("entropy/mean", float("nan"))
     out["mismatch/kl"] = out.get("mismatch/k3", float("nan"))
-    out["staleness/kl"] = sum(stale) / len(stale) if stale else 0.0
-    out["staleness/kl_max"] = max(stale, default=0.0)
+    out["staleness/kl"] = sum(stale.values()) / len(stale) if stale else 0.0
+    out["staleness/kl_max"] = max(stale.values(), default=0.0)
+    if len(stale) > 1:
+        out.update({f"staleness/kl_mb{i}": v for i, v in stale.items()})
     out["updates"] = float(len(losses))
     if "kl/ref" in out:
         out["kl"] = out["kl/ref"]
     out["lr"] = ctx.scheduler.get_last_lr()[0]
     return out
+
+
+def _micro_step(ctx: RLContext, b: dict, old_logp, ref_logp, micro, norms, stats: StepStats,
+                replay: str | None, update: int, natural: bool):
+    """Forward and backward of one micro-batch of update number `update` (under the MoE
+    routing session, which must stay open through backward); None for a non-finite loss.
+    Feeds `stats`."""
+    recipe, tc = ctx.recipe, ctx.recipe.train
+    session = (ctx.routing.session(replay=b.get(replay) if replay else None) if ctx.routing is not None
+               else contextlib.nullcontext())
+    with session:
+        with ctx.amp():
+            logp, entropy = model_token_logprobs(
+                ctx.model, b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
+                chunk_size=tc.logprob_chunk, temperature=_temperature(recipe.rollout), with_entropy=True)
+        used = ctx.routing.take().view(*b["input_ids"].shape, -1, ctx.routing.top_k) if ctx.routing else None
+        old = old_logp[micro][:, :logp.shape[1]].to(ctx.device) if old_logp is not None else logp.detach()
+        ref = ref_logp[micro][:, :logp.shape[1]].to(ctx.device) if ref_logp is not None else None
+        out = policy_loss(recipe.rl.objective, logp, old, b["advantages"], b["mask"],
+                          rollout_logp=b["rollout_logp"], ref_logp=ref, entropy=entropy,
+                          **ctx.objective_params, **norms)
+        if not torch.isfinite(out.loss):
+            return None, logp, old
+        out.loss.backward()
+    valid = b["mask"]
+    first_epoch = update < ctx.recipe.rl.mini_batches
+    stats.mismatch(logp, b["rollout_logp"], valid, prefix="mismatch/update_", update=update)
+    if first_epoch:  # every row once: step-level pi_old-vs-engine mismatch and entropy
+        stats.mismatch(old, b["rollout_logp"], valid)
+        stats.entropy(entropy, valid)
+    if used is not None and "routes" in b:
+        v = valid.cpu()
+        stats.divergence("routing/divergence_replayed", used, b["routes"].cpu(), v)
+        stats.divergence("routing/divergence_vs_old", used, b["old_routes"].cpu() if "old_routes" in b else None, v)
+        if natural and first_epoch:
+            stats.divergence("routing/divergence", used, b["routes"].cpu(), v)
+    return out, logp, old
 
 
 def _temperature(rc) -> float:
@@ -478,9 +531,11 @@ def _temperature(rc) -> float:
 
 
 @torch.no_grad()
-def _score(ctx: RLContext, batch: dict, model) -> torch.Tensor:
+def _score(ctx: RLContext, batch: dict, model, replay: str | None = None,
+           capture: str | None = None) -> torch.Tensor:
     """(N, T) log-probs of the batch's labels under `model` ("adapter": the policy with its
-    adapter disabled), in micro-batches, on CPU."""
+    adapter disabled), in micro-batches, on CPU. MoE policy only: `replay` names the batch's
+    routes to replay, `capture` the batch key that receives the (N, T, L, k) routes used."""
     tc = ctx.recipe.train
     N, T = batch["input_ids"].shape
     out = torch.zeros((N, T), dtype=torch.float32)
@@ -490,13 +545,21 @@ def _score(ctx: RLContext, batch: dict, model) -> torch.Tensor:
     use.eval()  # no dropout: pi_old is the policy's distribution, not a noisy sample of it
     try:
         with switch:
+            routing = ctx.routing if (replay or capture) and model is ctx.model else None
+            if capture and routing is not None:
+                batch[capture] = routing.empty(N, T)
             for idx in torch.split(torch.arange(N), tc.batch_size):
                 b = _rows(batch, idx, ctx.device)
-                with ctx.amp():
+                session = (routing.session(replay=b[replay] if replay else None) if routing is not None
+                           else contextlib.nullcontext())
+                with session, ctx.amp():
                     logp, _ = model_token_logprobs(
                         use, b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
                         chunk_size=tc.logprob_chunk, temperature=_temperature(ctx.recipe.rollout),
                         with_entropy=False)
+                    if capture and routing is not None:
+                        t = b["input_ids"].shape[1]
+                        batch[capture][idx, :t] = routing.take().view(len(idx), t, -1, routing.top_k)
                 out[idx, :logp.shape[1]] = logp.float().cpu()
     finally:
         use.train(was_training)
