@@ -12,7 +12,9 @@ the weights it reads are the live ones) in a hand-written functional forward:
       q, k   = rmsnorm_head(q), rmsnorm_head(k)                        Qwen3's q/k norms, one op pair
       q, k   = q cos + rot(q) sin                                      RoPE, rot as a +-1 matmul
       K[:, :, t], V[:, :, t] = k, v                                    static cache, preallocated
-      x     += o_proj(SDPA(q, K[:, :, :t+1], V[:, :, :t+1], key mask, GQA))
+      x     += o_proj(attn(q, K[:, :, :t+1], V[:, :, :t+1], key mask, GQA))  SDPA in the
+                                                                       prefill, batched matmuls
+                                                                       + softmax per decode step
       x     += down(silu(g) * u),  (g, u) = rmsnorm(x) @ [Wg; Wu]^T    one fused matmul
     logits = lm_head(rmsnorm(x[:, -1]))                                last position only
 
@@ -106,6 +108,7 @@ class _Weights:
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.nh
         self.embed, self.norm, self.head = inner.embed_tokens.weight, inner.norm.weight, model.lm_head
         self.inv_freq = inner.rotary_emb.inv_freq
+        self.scale = self.hd ** -0.5  # Qwen3Attention.scaling
         self.scaling = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
         self.layers = []
         for layer in inner.layers:
@@ -151,7 +154,8 @@ class _Decoder:
 
     def forward(self, ids: Tensor, pos: Tensor, start: int, mask: Tensor) -> Tensor:
         """Logits (B, V) of the last position. ids, pos (B, S); the S new keys go to cache
-        slots start .. start + S - 1; mask (B, 1, S, start + S) bool, True = may attend."""
+        slots start .. start + S - 1; mask (B, 1, S, start + S) bool, True = may attend, or
+        for S = 1 (decode) an additive float mask (B, 1, 1, start + 1): 0 or -inf."""
         w = self.w
         B, S = ids.shape
         nh, nkv, hd = w.nh, w.nkv, w.hd
@@ -166,8 +170,14 @@ class _Decoder:
             q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, S, hd)
             self.k[li][:, :, start:end] = qk[:, :, nh:].transpose(1, 2)
             self.v[li][:, :, start:end] = qkv[..., nqk:].reshape(B, S, nkv, hd).transpose(1, 2)
-            att = F.scaled_dot_product_attention(
-                q, self.k[li][:, :, :end], self.v[li][:, :, :end], attn_mask=mask, enable_gqa=nh != nkv)
+            kc, vc = self.k[li][:, :, :end], self.v[li][:, :, :end]  # (B, nkv, end, hd)
+            if S == 1:  # decode: plain batched matmuls (the CPU SDPA kernel is slow at q_len 1)
+                qg = q.reshape(B, nkv, nh // nkv, hd)  # GQA: the query heads of each kv head
+                scores = (qg @ kc.transpose(-1, -2)) * w.scale  # (B, nkv, nh / nkv, end)
+                scores = scores + mask  # (B, 1, 1, end) additive: 0, or -inf at padding
+                att = (torch.softmax(scores, dim=-1) @ vc).reshape(B, nh, 1, hd)
+            else:
+                att = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=nh != nkv)
             x = x + F.linear(att.transpose(1, 2).reshape(B, S, nh * hd), L.w_o, L.b_o)
             gu = F.linear(_rms(x, L.w_post, w.eps), L.w_gu)  # (B, S, 2 I)
             g, u = gu.chunk(2, dim=-1)
@@ -215,6 +225,8 @@ class FastEngine(HFEngine):
             ids[b, L - len(p):] = torch.tensor(p, dtype=torch.long)
             key_ok[b, :L - len(p)] = False
         ids, key_ok = ids.to(device), key_ok.to(device)
+        key_bias = torch.zeros(key_ok.shape, dtype=w.embed.dtype, device=device).masked_fill_(
+            ~key_ok, float("-inf"))  # (B, slots) additive mask of the decode steps
         pos = (key_ok[:, :L].long().cumsum(-1) - 1).clamp(min=0)  # (B, L), as the HF engine
         dec = _Decoder(w, B, L + T, device)
         # prefill mask: causal, padding keys off; a padding query sees itself (no empty row,
@@ -256,14 +268,14 @@ class FastEngine(HFEngine):
             if n_alive < COMPACT_BELOW * rows.numel():  # drop finished rows from the cache
                 keep = alive.nonzero().squeeze(1)
                 dec.select(keep)
-                rows, key_ok, next_pos = rows[keep], key_ok[keep], next_pos[keep]
+                rows, key_bias, next_pos = rows[keep], key_bias[keep], next_pos[keep]
                 alive = torch.ones(keep.numel(), dtype=torch.bool, device=device)
                 step_tok = out_tok[rows, t]
             else:
                 step_tok = out_tok[rows, t]  # finished rows feed their last token; never read
             slot = L + t
             logits = dec.forward(step_tok[:, None], next_pos[:, None], slot,
-                                 key_ok[:, None, None, :slot + 1])
+                                 key_bias[:, None, None, :slot + 1])
             next_pos = next_pos + 1
         lengths, stop_l = length.tolist(), stopped.tolist()
         tok_l, lp_l = out_tok.tolist(), out_lp.tolist()
