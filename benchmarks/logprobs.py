@@ -16,8 +16,9 @@ leak into the next:
     runs then --sweep-reps timed runs (default 0 and 1, to keep the run short: the sweep
     is about memory, and a peak does not need repeats because every run starts from the
     same memory state). Pass --sweep-rows with no value to skip it. The default rows
-    start at the default chunk_size: below it the chunked scratch buffers have N rows, so
-    the chunked peak rises with N up to chunk_size and is flat from there. The entry at
+    start well above the default chunk_size (165 rows at V = 151,936): below it the chunked
+    scratch buffer has N rows, so the chunked peak rises with N up to chunk_size and is
+    flat from there. The entry at
     N = batch * seq is the vocabulary comparison's case at that V, reused (marked
     "reused": "cases"; its time is from --warmup/--reps).
 
@@ -43,7 +44,7 @@ Memory, per case (MiB = 2**20 bytes):
                       whatever computes the log-probs; it scales with N but not with V.
   activation_peak_mib = peak_mib - weight_grad_mib - input_grad_mib: the memory attributable
                       to the logits work itself (logits, probabilities, their gradients,
-                      scratch buffers, casts). Chunked: about 2 * min(N, chunk_size) * V * 4
+                      scratch buffers, casts). Chunked: about min(N, chunk_size) * V * 4
                       bytes; naive: several N * V * 4 bytes.
   activation_vs_logits = activation_peak_mib / (N * V * 4 bytes): the same figure in units
                       of one full fp32 (N, V) logits tensor.
@@ -79,7 +80,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from posttrain.models.logprobs import token_logprobs  # noqa: E402
+from posttrain.models.logprobs import auto_chunk_rows, token_logprobs  # noqa: E402
 
 MIB = 2**20
 # Upper bound on the number of fp32 (N, V) tensors the naive path holds at its peak, used
@@ -96,7 +97,8 @@ def parse_args(argv=None):
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--vocabs", type=int, nargs="+", default=[32000, 151936])
-    ap.add_argument("--chunk-size", type=int, default=1024)
+    ap.add_argument("--chunk-size", type=int, default=None,
+                    help="rows per chunk (default: token_logprobs' own, from its memory budget)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--reps", type=int, default=2)
@@ -272,6 +274,7 @@ def main(argv=None):
         "memory_ratio": round(top["naive"]["peak_mib"] / max(top["chunked"]["peak_mib"], 1e-9), 3) if ran_top else None,
         "time_ratio": round(top["chunked"]["time_s"] / top["naive"]["time_s"], 3) if ran_top else None,
         "ratio_vocab": top_v,
+        "chunk_rows": {str(v): (args.chunk_size or auto_chunk_rows(v)) for v in args.vocabs},
         "rows_sweep": sweep,
         "sweep_vocab": top_v,
     }

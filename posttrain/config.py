@@ -122,8 +122,9 @@ class TrainConfig:
     """Write a metrics line every N steps."""
     max_bad_steps: int = 5
     """Stop after this many NaN/inf losses in a row (each is skipped with a warning)."""
-    logprob_chunk: int = 1024
-    """Sequence chunk for per-token log-probs (the full B x T x V logits are never built)."""
+    logprob_chunk: int | None = None
+    """Token rows per chunk of the per-token log-probs (the full B x T x V logits are never
+    built); None: as many as fit a 96 MiB (rows, V) fp32 buffer (165 rows at V = 151,936)."""
     seed: int = 0
     """Seed for initialisation, dropout and data order."""
     progress: bool = True
@@ -146,8 +147,11 @@ class SFTRecipe:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf"] = "hf"
-    """Rollout engine (hf: batched sampling with a KV cache, CPU or GPU)."""
+    engine: Literal["fast", "hf"] = "fast"
+    """Rollout engine. hf: batched sampling through the transformers forward with its KV
+    cache, any causal LM. fast: the same sampling with a lean decode forward and a static
+    KV cache for dense Qwen3 models (same tokens for the same seed); any other model
+    (MoE, PEFT, other architectures) or stop strings use the hf path."""
     group_size: int = 4
     """Completions per prompt (G)."""
     temperature: float = 1.0

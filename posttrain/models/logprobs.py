@@ -11,8 +11,9 @@ naive autograd path keeps several tensors of that size (logits, log-softmax, its
 gradient). `token_logprobs` instead walks the flattened (B*T) rows in chunks: per chunk it
 computes the fp32 logits, reduces them to (logp, lse, H) and throws them away. Backward
 recomputes each chunk's logits and forms the logit gradient in place, so the peak extra
-memory is about two (chunk, V) fp32 buffers plus, when the head is trained, one (V, H)
-fp32 accumulator for the weight gradient -- independent of B*T.
+memory is one (chunk, V) fp32 buffer (plus a (chunk, 16384) block) and, when the head is
+trained, one (V, H) fp32 accumulator for the weight gradient -- independent of B*T. The
+default chunk is sized from a memory budget (`CHUNK_BUDGET_BYTES`, 96 MiB).
 
 Gradient with respect to the (tempered) logits z of one row, with upstream grads
 g_l = dL/dlogp and g_e = dL/dH:
@@ -74,13 +75,28 @@ def _grad_hidden_from_logits(g: Tensor, weight: Tensor) -> Tensor:
     return out
 
 
-def _chunk_buffers(n_rows: int, chunk_size: int, vocab: int, dtype, device) -> tuple[Tensor, Tensor]:
-    """Two (C, V) scratch buffers reused by every chunk: logits and probabilities.
+CHUNK_BUDGET_BYTES = 96 * 2**20
+"""Default size of the one (rows, V) scratch buffer: rows per chunk = budget / (V * 4)
+(165 rows at V = 151,936, 786 at V = 32,000). Smaller chunks cost more passes over the
+(V, H) weight-gradient accumulator, larger ones more memory; benchmarks/logprobs.py
+measures both against the naive path."""
 
-    Reusing them (instead of allocating per chunk) matters on CPU, where each fresh
-    multi-hundred-MB tensor is a new mmap whose pages fault in again."""
+
+def auto_chunk_rows(vocab: int, itemsize: int = 4, budget: int = CHUNK_BUDGET_BYTES) -> int:
+    """Rows per chunk so that one (rows, vocab) buffer of `itemsize` bytes fits `budget`."""
+    return max(1, budget // (vocab * itemsize))
+
+
+def _chunk_buffers(n_rows: int, chunk_size: int, vocab: int, dtype, device) -> tuple[Tensor, Tensor]:
+    """The scratch reused by every chunk: the (C, V) logits buffer and a (C, block) one.
+
+    Everything else (probabilities, their products, the logit gradient) is formed in place
+    in the logits buffer or one vocabulary block at a time in the small one, so the peak is
+    one (C, V) buffer. Reusing them (instead of allocating per chunk) matters on CPU, where
+    each fresh multi-hundred-MB tensor is a new mmap whose pages fault in again."""
     c = max(1, min(chunk_size, n_rows))
-    return torch.empty(c, vocab, dtype=dtype, device=device), torch.empty(c, vocab, dtype=dtype, device=device)
+    return (torch.empty(c, vocab, dtype=dtype, device=device),
+            torch.empty(c, min(vocab, _VOCAB_BLOCK), dtype=dtype, device=device))
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
@@ -111,19 +127,21 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 idx, y = rows[s : s + chunk_size], targets[s : s + chunk_size]
                 hc = hidden[idx].to(acc)  # (C, H)
                 z = _head_logits(hc, weight, bias, temperature, out=z_buf[: idx.numel()])  # (C, V)
-                # Shift by the row max in place: lse, H and logp are shift-invariant, and
-                # this keeps the peak at two (C, V) buffers (z and p).
-                m = z.amax(dim=1, keepdim=True)
-                z -= m
-                p = torch.exp(z, out=p_buf[: idx.numel()])  # unnormalised, (C, V)
-                sum_p = p.sum(dim=1, keepdim=True)
+                zmax = z.amax(dim=1, keepdim=True)  # (C, 1)
+                # Shift by the row max in place: lse, H and logp are shift-invariant.
+                z -= zmax
+                sum_p, pz = torch.zeros_like(zmax), torch.zeros_like(zmax)
+                for v0 in range(0, vocab, _VOCAB_BLOCK):
+                    zb = z[:, v0 : v0 + _VOCAB_BLOCK]
+                    pb = torch.exp(zb, out=p_buf[: idx.numel(), : zb.shape[1]])  # unnormalised
+                    sum_p += pb.sum(dim=1, keepdim=True)
+                    if with_entropy:
+                        pz += pb.mul_(zb).sum(dim=1, keepdim=True)  # sum_j p_j z_j
                 lse_shifted = sum_p.log()  # (C, 1)
-                lse[s : s + idx.numel()] = (lse_shifted + m).squeeze(1)
+                lse[s : s + idx.numel()] = (lse_shifted + zmax).squeeze(1)
                 logp[idx] = (z.gather(1, y[:, None]) - lse_shifted).squeeze(1)
                 if with_entropy:
-                    # sum_j p_j z_j as a batched dot product (no (C, V) product buffer).
-                    pz = torch.bmm(p[:, None, :], z[:, :, None]).view(-1, 1) / sum_p
-                    ent[s : s + idx.numel()] = (lse_shifted - pz).squeeze(1)
+                    ent[s : s + idx.numel()] = (lse_shifted - pz / sum_p).squeeze(1)
         entropy[rows] = ent
         ctx.save_for_backward(hidden, weight, bias, rows, targets, lse, ent)
         ctx.chunk_size, ctx.temperature, ctx.with_entropy = chunk_size, temperature, with_entropy
@@ -150,17 +168,19 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 hc = hidden[idx].to(acc)  # (C, H)
                 z = _head_logits(hc, weight, bias, tau, out=z_buf[: idx.numel()])  # (C, V)
                 z -= lse[s : s + idx.numel(), None]  # z is now log p
-                p = torch.exp(z, out=p_buf[: idx.numel()])  # (C, V)
-                # g = dL/dz = -p * (g_l + g_e (log p + H)) + g_l 1[j = y], built in z's buffer.
+                # g = dL/dz = -p * (g_l + g_e (log p + H)) + g_l 1[j = y], built in z's buffer:
+                # with entropy, -p * (g_e log p + c), c = g_l + g_e H, one vocabulary block at a
+                # time (p of the block in the small buffer); without, -p * g_l in place.
                 if ctx.with_entropy:
-                    g_e = grad_entropy[idx].to(acc)[:, None]
-                    z += ent[s : s + idx.numel(), None]
-                    z *= g_e
-                    z += g_l
-                    z *= p
+                    g_e = grad_entropy[idx].to(acc)[:, None]  # (C, 1)
+                    c = g_l + g_e * ent[s : s + idx.numel(), None]  # (C, 1)
+                    for v0 in range(0, z.shape[1], _VOCAB_BLOCK):
+                        zb = z[:, v0 : v0 + _VOCAB_BLOCK]
+                        pb = torch.exp(zb, out=p_buf[: idx.numel(), : zb.shape[1]])
+                        zb.mul_(g_e).add_(c).mul_(pb).neg_()
                 else:
-                    torch.mul(p, g_l, out=z)
-                g = z.neg_()
+                    z.exp_().mul_(g_l).neg_()
+                g = z
                 g.scatter_add_(1, y[:, None], g_l)
                 if tau != 1.0:
                     g /= tau  # through z = s / temperature
@@ -181,7 +201,7 @@ def token_logprobs(
     labels: Tensor,
     *,
     bias: Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     temperature: float = 1.0,
     with_entropy: bool = True,
     ignore_index: int = -100,
@@ -194,7 +214,8 @@ def token_logprobs(
         labels: (B, T) long token ids aligned with `hidden`; `ignore_index` marks skipped rows.
         bias: optional (V,) LM-head bias.
         chunk_size: rows of the flattened (B*T) batch per chunk; peak extra memory is about
-            2 * chunk_size * V * 4 bytes (+ V * H * 4 when `weight` requires grad).
+            chunk_size * V * 4 bytes (+ V * H * 4 when `weight` requires grad). None: chosen
+            from `CHUNK_BUDGET_BYTES` (`auto_chunk_rows`). The results do not depend on it.
         temperature: logits are divided by it before the softmax (as when sampling).
         with_entropy: also compute the entropy (else it is returned as None, slightly cheaper).
 
@@ -212,6 +233,9 @@ def token_logprobs(
         )
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
         raise ValueError(f"weight must be (V, {hidden.shape[2]}); got {tuple(weight.shape)}")
+    if chunk_size is None:  # the compute dtype is fp32, or fp64 when an input is
+        wide = torch.float64 in (hidden.dtype, weight.dtype)
+        chunk_size = auto_chunk_rows(weight.shape[0], itemsize=8 if wide else 4)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
     if not temperature > 0:
@@ -263,7 +287,7 @@ def model_token_logprobs(
     attention_mask: Tensor | None = None,
     labels: Tensor | None = None,
     *,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     temperature: float = 1.0,
     with_entropy: bool = True,
     position_ids: Tensor | None = None,

@@ -42,7 +42,8 @@ from .aggregate import AGGREGATIONS, aggregate
 from .kl import KL_ESTIMATORS, kl_estimate
 from .masks import entropy_mask
 from .policy import POLICY_LOSSES, SURROGATES, PolicyObjective
-from .ratio import MISMATCH_MODES, RATIOS, masked_max, masked_mean, masked_min, mismatch_weights
+from .ratio import MISMATCH_MODES, RATIOS, mismatch_weights
+from .stats import TokenStats
 
 MODIFIERS: Mapping[str, tuple[Any, str]] = {
     "aggregation": (None, "override the objective's aggregation (see Aggregations)"),
@@ -155,8 +156,11 @@ def _check_shapes(logp, mask, advantages, **others):
 
 def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
                 rollout_logp: Tensor | None = None, ref_logp: Tensor | None = None,
-                entropy: Tensor | None = None, **params) -> LossOut:
-    """The named objective's loss and metrics; see the module docstring."""
+                entropy: Tensor | None = None, *, metrics: bool = True, **params) -> LossOut:
+    """The named objective's loss and metrics; see the module docstring.
+
+    metrics=False skips every metric but loss/policy (and loss/kl, loss/entropy): the loss
+    and its gradient are the same, with fewer tensor ops (benchmarks/objectives.py)."""
     obj = POLICY_LOSSES.get(name)
     _reject_unknown(name, obj, params)
     sur = SURROGATES.get(obj.surrogate)
@@ -171,6 +175,10 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
     dt = torch.promote_types(logp.dtype, torch.float32)
     valid = mask.bool()  # (B, T)
     zero = torch.zeros((), dtype=dt, device=logp.device)
+    # Every term is finite at padding once the inputs are cleaned (log-ratio 0, so ratio and
+    # weights 1 there), so aggregation and metrics weight by the 0/1 mask instead of `where`.
+    weight = valid.view(torch.uint8).to(dt)  # (B, T) 0/1; uint8 -> float is the fast cast
+    stats = TokenStats(valid, dt, weight, enabled=metrics)
 
     def clean(t: Tensor | None, detach: bool = True) -> Tensor | None:
         """fp32 (or wider) with padding set to 0: whatever sits there (even NaN) is never
@@ -180,43 +188,53 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         t = t.detach() if detach else t
         return torch.where(valid, t.to(dt), zero)
 
-    logp, old = clean(logp, detach=False), clean(old_logp)
-    rollout_logp, ref_logp, entropy = clean(rollout_logp), clean(ref_logp), clean(entropy, detach=False)
+    # The ratio levels mask the log-ratio themselves (where(valid, logp - old, 0)), so the
+    # raw inputs go in; logp is cleaned only where a term multiplies by it.
+    raw_logp, old = logp.to(dt), old_logp.detach().to(dt)
+    needs_logp = sur.uses_logp or ref_logp is not None
+    logp = clean(raw_logp, detach=False) if needs_logp else None
     adv = advantages.detach().to(dt)
-    adv = clean(adv[:, None].expand_as(logp) if adv.dim() == 1 else adv)  # (B, T)
+    adv = adv[:, None] if adv.dim() == 1 else clean(adv)  # (B, 1) broadcasts, or (B, T)
 
-    ratio = RATIOS.get(obj.ratio).fn(logp, old, valid)  # (B, T)
-    loss_tok, metrics = sur.fn(ratio, adv, logp, valid, **sp)  # (B, T)
-    metrics.update({"ratio/mean": masked_mean(ratio, valid), "ratio/max": masked_max(ratio, valid),
-                    "ratio/min": masked_min(ratio, valid)})
+    ratio = RATIOS.get(obj.ratio).fn(raw_logp, old, valid)  # (B, T), or (B, 1) per sequence
+    loss_tok = sur.fn(ratio, adv, logp, stats, **sp)  # broadcasts to (B, T)
+    if stats:
+        stats.mean("ratio/mean", ratio)
+        stats.max("ratio/max", ratio)
+        stats.min("ratio/min", ratio)
 
-    if rollout_logp is not None:
-        w, is_metrics = mismatch_weights(m["mismatch"], old, rollout_logp, valid,
-                                         cap=m["mismatch_cap"], bounds=m["mismatch_bounds"])
-        metrics.update(is_metrics)
+    if rollout_logp is not None and (metrics or MISMATCH_MODES.get(m["mismatch"]).level != "none"):
+        w, _ = mismatch_weights(m["mismatch"], old, rollout_logp.detach().to(dt), valid,
+                                cap=m["mismatch_cap"], bounds=m["mismatch_bounds"], stats=stats)
         if w is not None:
             loss_tok = loss_tok * w
 
     if m["top_entropy_rho"] < 1 or m["entropy_threshold"] is not None:
         keep = entropy_mask(entropy, valid, rho=m["top_entropy_rho"], threshold=m["entropy_threshold"])
         loss_tok = torch.where(keep, loss_tok, zero)
-        metrics["entropy/kept_frac"] = masked_mean(keep.to(dt), valid)
+        if stats:
+            stats.frac("entropy/kept_frac", keep)
 
-    loss = aggregate(agg, loss_tok, valid, **norms)
-    metrics["loss/policy"] = loss.detach()
+    loss = aggregate(agg, loss_tok, weight, **norms)
+    out_metrics: dict[str, Tensor | float] = {"loss/policy": loss.detach()}
 
     if ref_logp is not None:
-        kl_tok = kl_estimate(m["kl_estimator"], logp, ref_logp)  # (B, T)
-        metrics["kl/ref"] = masked_mean(kl_tok, valid)
+        kl_tok = kl_estimate(m["kl_estimator"], logp, clean(ref_logp))  # (B, T)
+        if stats:
+            stats.mean("kl/ref", kl_tok)
         if m["beta"] > 0:
-            kl = aggregate(agg, kl_tok, valid, **norms)
+            kl = aggregate(agg, kl_tok, weight, **norms)
             loss = loss + m["beta"] * kl
-            metrics["loss/kl"] = kl.detach()
+            out_metrics["loss/kl"] = kl.detach()
     if entropy is not None:
-        metrics["entropy/mean"] = masked_mean(entropy, valid)
+        entropy = clean(entropy, detach=False)
+        if stats:
+            stats.mean("entropy/mean", entropy)
         if m["entropy_coef"] != 0:
-            ent = aggregate(agg, entropy, valid, **norms)
+            ent = aggregate(agg, entropy, weight, **norms)
             loss = loss - m["entropy_coef"] * ent
-            metrics["loss/entropy"] = ent.detach()
-    metrics["tokens/valid"] = valid.sum().to(dt)
-    return LossOut(loss, metrics)
+            out_metrics["loss/entropy"] = ent.detach()
+    out_metrics.update(stats.reduce())
+    if metrics:
+        out_metrics["tokens/valid"] = stats.n
+    return LossOut(loss, out_metrics)

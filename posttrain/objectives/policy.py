@@ -8,11 +8,15 @@ docs table is rendered from the entry.
 
 Every surrogate is a per-token function with signature
 
-    fn(ratio (B, T), adv (B, T), logp (B, T), valid (B, T) bool, **params)
-        -> (per-token loss (B, T), metrics)
+    fn(ratio (B, T), adv (B, 1) or (B, T), logp (B, T) or None, stats, **params)
+        -> per-token loss (B, T)
 
-`ratio` is pi_theta / pi_old at the objective's level (differentiable), `adv` the advantage
-broadcast to tokens. The loss is the negative of the paper's objective (we minimise).
+`ratio` is pi_theta / pi_old at the objective's level (differentiable), `adv` the advantage,
+(B, 1) when it is one per sequence (it broadcasts; no (B, T) copy is made). `logp` is the
+policy's log-prob with padding set to 0, passed only to surrogates declared `uses_logp`
+(None otherwise, which saves the clean-up ops). `stats` (`stats.TokenStats`) collects the
+surrogate's metrics, which `policy_loss` reduces together with its own. The loss is the
+negative of the paper's objective (we minimise).
 
     clip       -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)
                PPO (Schulman et al. 2017) with decoupled bounds (DAPO's clip-higher). A
@@ -54,26 +58,22 @@ from torch import Tensor
 
 from posttrain.registry import Registry
 
-from .ratio import masked_mean
-
-Metrics = dict[str, Tensor]
+from .stats import TokenStats
 
 
 @dataclass(frozen=True)
 class Surrogate:
-    fn: Callable[..., tuple[Tensor, Metrics]]
+    fn: Callable[..., Tensor]
     params: Mapping[str, Any]
     """Every keyword parameter it takes, with its default."""
     formula: str
     check: Callable[[Mapping[str, Any]], None] = lambda p: None
     """Raises ValueError on a bad parameter value (pure Python, no tensors)."""
+    uses_logp: bool = False
+    """Whether fn reads logp itself (else it is passed None)."""
 
 
 SURROGATES: Registry[Surrogate] = Registry("surrogate")
-
-
-def _frac(hit: Tensor, valid: Tensor, like: Tensor) -> Tensor:
-    return masked_mean(hit.to(like.dtype), valid)
 
 
 def _check_eps(p: Mapping[str, Any]) -> None:
@@ -84,26 +84,28 @@ def _check_eps(p: Mapping[str, Any]) -> None:
         raise ValueError(f"eps_low must be < 1 (the lower bound is 1 - eps_low), got {p['eps_low']}")
 
 
-def clip_surrogate(ratio, adv, logp, valid, *, eps_low: float, eps_high: float):
+def clip_surrogate(ratio, adv, logp, stats: TokenStats, *, eps_low: float, eps_high: float):
     pg1 = ratio * adv
     pg2 = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
     loss = -torch.min(pg1, pg2)  # (B, T)
-    r = ratio.detach()
-    return loss, {
-        "clip/low_frac": _frac((adv < 0) & (r < 1 - eps_low), valid, r),
-        "clip/high_frac": _frac((adv > 0) & (r > 1 + eps_high), valid, r),
-    }
+    if stats:
+        r = ratio.detach()
+        stats.frac("clip/low_frac", (adv < 0) & (r < 1 - eps_low))
+        stats.frac("clip/high_frac", (adv > 0) & (r > 1 + eps_high))
+    return loss
 
 
-def sapo_surrogate(ratio, adv, logp, valid, *, tau_pos: float, tau_neg: float):
-    tau = torch.where(adv > 0, torch.full_like(adv, tau_pos), torch.full_like(adv, tau_neg))
+def sapo_surrogate(ratio, adv, logp, stats: TokenStats, *, tau_pos: float, tau_neg: float):
+    full = lambda v: torch.full((), v, dtype=ratio.dtype, device=ratio.device)  # noqa: E731
+    tau = torch.where(adv > 0, full(tau_pos), full(tau_neg))  # shaped like adv
     p = torch.sigmoid(tau * (ratio - 1))
     loss = -(4 / tau) * p * adv  # (B, T)
-    weight = 4 * p.detach() * (1 - p.detach())  # df/dr, 1 at r = 1
-    return loss, {
-        "sapo/gate_weight_mean": masked_mean(weight, valid),
-        "sapo/gate_weight_lt_half_frac": _frac(weight < 0.5, valid, weight),
-    }
+    if stats:
+        pd = p.detach()
+        weight = 4 * pd * (1 - pd)  # df/dr, 1 at r = 1
+        stats.mean("sapo/gate_weight_mean", weight)
+        stats.frac("sapo/gate_weight_lt_half_frac", weight < 0.5)
+    return loss
 
 
 def _check_sapo(p):
@@ -112,10 +114,12 @@ def _check_sapo(p):
             raise ValueError(f"{key} must be > 0, got {p[key]}")
 
 
-def cispo_surrogate(ratio, adv, logp, valid, *, is_cap: float):
+def cispo_surrogate(ratio, adv, logp, stats: TokenStats, *, is_cap: float):
     r = ratio.detach()
     loss = -r.clamp(max=is_cap) * adv * logp  # (B, T)
-    return loss, {"cispo/capped_frac": _frac(r > is_cap, valid, r)}
+    if stats:
+        stats.frac("cispo/capped_frac", r > is_cap)
+    return loss
 
 
 def _check_cispo(p):
@@ -123,15 +127,23 @@ def _check_cispo(p):
         raise ValueError(f"is_cap must be > 0, got {p['is_cap']}")
 
 
-def reinforce_surrogate(ratio, adv, logp, valid, *, eps_low: float | None, eps_high: float | None):
+def reinforce_surrogate(ratio, adv, logp, stats: TokenStats, *, eps_low: float | None,
+                        eps_high: float | None):
     r = ratio.detach()
-    stale = torch.zeros_like(valid)
+    loss = -r * adv * logp  # (B, T)
+    stale = None
     if eps_high is not None:
-        stale = stale | ((adv > 0) & (r > 1 + eps_high))
+        stale = (adv > 0) & (r > 1 + eps_high)
     if eps_low is not None:
-        stale = stale | ((adv < 0) & (r < 1 - eps_low))
-    loss = torch.where(stale, torch.zeros_like(r), -r * adv * logp)  # (B, T)
-    return loss, {"reinforce/stale_masked_frac": _frac(stale, valid, r)}
+        low = (adv < 0) & (r < 1 - eps_low)
+        stale = low if stale is None else stale | low
+    if stale is None:  # no mask configured: nothing is stale, no (B, T) op spent on it
+        if stats:
+            stats.frac("reinforce/stale_masked_frac", torch.zeros((1, 1), dtype=torch.bool, device=r.device))
+        return loss
+    if stats:
+        stats.frac("reinforce/stale_masked_frac", stale)
+    return torch.where(stale, torch.zeros((), dtype=r.dtype, device=r.device), loss)
 
 
 SURROGATES.register("clip", Surrogate(
@@ -141,10 +153,11 @@ SURROGATES.register("sapo", Surrogate(
     sapo_surrogate, {"tau_pos": 1.0, "tau_neg": 1.05},
     "-(4 / tau) sigmoid(tau (r - 1)) A, tau = tau_pos if A > 0 else tau_neg", _check_sapo))
 SURROGATES.register("cispo", Surrogate(
-    cispo_surrogate, {"is_cap": 5.0}, "-sg(min(r, is_cap)) A logp", _check_cispo))
+    cispo_surrogate, {"is_cap": 5.0}, "-sg(min(r, is_cap)) A logp", _check_cispo, uses_logp=True))
 SURROGATES.register("reinforce", Surrogate(
     reinforce_surrogate, {"eps_low": None, "eps_high": None},
-    "-sg(r) A logp, 0 where stale (A > 0, r > 1 + eps_high or A < 0, r < 1 - eps_low)", _check_eps))
+    "-sg(r) A logp, 0 where stale (A > 0, r > 1 + eps_high or A < 0, r < 1 - eps_low)", _check_eps,
+    uses_logp=True))
 
 
 # ---------------------------------------------------------------- objectives

@@ -2,7 +2,9 @@
 training-inference mismatch correction.
 
 Policy ratio, pi_theta / pi_old, one registry entry per level; every level returns a
-(B, T) tensor so the surrogate that follows is the same per-token function:
+tensor that broadcasts to (B, T) -- (B, T), or (B, 1) for a per-sequence ratio, so that
+the surrogate's work is done once per sequence rather than once per token -- and the
+surrogate that follows is the same per-token function:
 
     token            r_it = exp(logp_it - old_logp_it)
     sequence         s_i  = exp( (1/n_i) sum_t (logp_it - old_logp_it) ),  broadcast over t
@@ -57,6 +59,7 @@ from torch import Tensor
 from posttrain.registry import Registry
 
 from .aggregate import masked_sum
+from .stats import TokenStats
 
 
 def masked_mean(x: Tensor, valid: Tensor) -> Tensor:
@@ -88,7 +91,7 @@ def token_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
 
 
 def sequence_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
-    return torch.exp(_seq_log_ratio(logp, old_logp, valid)).expand_as(logp)
+    return torch.exp(_seq_log_ratio(logp, old_logp, valid))  # (B, 1), broadcasts over t
 
 
 def sequence_token_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
@@ -100,7 +103,7 @@ def sequence_token_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tenso
 @dataclass(frozen=True)
 class RatioLevel:
     fn: Callable[[Tensor, Tensor, Tensor], Tensor]
-    """(logp, old_logp, valid) -> (B, T) ratio, differentiable w.r.t. logp."""
+    """(logp, old_logp, valid) -> (B, T) or (B, 1) ratio, differentiable w.r.t. logp."""
     formula: str
 
 
@@ -135,42 +138,57 @@ MISMATCH_MODES.register("sequence_mask", MismatchMode(
     "sequence", "mask", "W_i if lo <= W_i <= hi else 0 (whole row)"))
 
 
-def mismatch_metrics(old_logp: Tensor, rollout_logp: Tensor, valid: Tensor) -> dict[str, Tensor]:
+def mismatch_metrics(old_logp: Tensor, rollout_logp: Tensor, valid: Tensor,
+                     stats: TokenStats | None = None) -> dict[str, Tensor]:
     """How far the training engine's pi_old is from the engine's pi_rollout, per valid token.
 
     k3 estimates KL(pi_rollout || pi_old) from tokens sampled by the rollout engine:
-    with w = pi_old / pi_rollout, k3 = w - 1 - log w >= 0."""
-    d = _log_ratio(old_logp, rollout_logp, valid).detach()  # log w, 0 at padding
-    return {
-        "mismatch/abs_logp_diff_mean": masked_mean(d.abs(), valid),
-        "mismatch/abs_logp_diff_max": masked_max(d.abs(), valid),
-        "mismatch/k3": masked_mean(torch.exp(d) - 1 - d, valid),
-    }
+    with w = pi_old / pi_rollout, k3 = w - 1 - log w >= 0. With `stats` the metrics are
+    added to it (reduced later, with the others) and {} is returned."""
+    own = stats is None
+    stats = TokenStats(valid, old_logp.dtype) if own else stats
+    _add_mismatch_metrics(_log_ratio(old_logp, rollout_logp, valid).detach(), stats)
+    return stats.reduce() if own else {}
+
+
+def _add_mismatch_metrics(d: Tensor, stats: TokenStats) -> None:
+    """d (B, T) = log w, 0 at padding."""
+    a = d.abs()
+    stats.mean("mismatch/abs_logp_diff_mean", a)
+    stats.max("mismatch/abs_logp_diff_max", a)
+    stats.mean("mismatch/k3", torch.exp(d) - 1 - d)
 
 
 def mismatch_weights(mode: str, old_logp: Tensor, rollout_logp: Tensor, valid: Tensor, *,
-                     cap: float = 2.0, bounds: tuple[float, float] = (0.5, 2.0)
-                     ) -> tuple[Tensor | None, dict[str, Tensor]]:
-    """Detached (B, T) correction weights for `mode` (None for 'none') and their metrics."""
+                     cap: float = 2.0, bounds: tuple[float, float] = (0.5, 2.0),
+                     stats: TokenStats | None = None) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """Detached (B, T) correction weights for `mode` (None for 'none') and their metrics.
+
+    With `stats` the metrics are added to it and the returned dict is empty."""
     spec = MISMATCH_MODES.get(mode)
-    metrics = mismatch_metrics(old_logp, rollout_logp, valid)
+    own = stats is None
+    stats = TokenStats(valid, old_logp.dtype) if own else stats
+    log_w = _log_ratio(old_logp, rollout_logp, valid).detach()  # (B, T), 0 at padding
+    if stats:
+        _add_mismatch_metrics(log_w, stats)
     if spec.level == "none":
-        return None, metrics
-    log_w = _log_ratio(old_logp, rollout_logp, valid).detach()  # (B, T)
+        return None, (stats.reduce() if own else {})
     if spec.level == "sequence":
-        log_w = log_w.sum(dim=1, keepdim=True).expand_as(log_w)  # (B, T), log W_i on every token
+        log_w = log_w.sum(dim=1, keepdim=True)  # (B, 1), log W_i, broadcast over the row
     if spec.action == "weight":
         w = torch.exp(log_w)
     elif spec.action == "truncate":
-        hit = log_w > math.log(cap)
+        if stats:
+            stats.frac("is/truncated_frac", log_w > math.log(cap))
         w = torch.exp(log_w.clamp(max=math.log(cap)))
-        metrics["is/truncated_frac"] = masked_mean(hit.to(log_w.dtype), valid)
     else:
         lo, hi = bounds
         keep = (log_w >= math.log(lo)) & (log_w <= math.log(hi))
         w = torch.where(keep, torch.exp(log_w), torch.zeros((), dtype=log_w.dtype, device=log_w.device))
-        metrics["is/masked_frac"] = masked_mean((~keep).to(log_w.dtype), valid)
-    metrics["is/weight_mean"] = masked_mean(w, valid)
-    metrics["is/raw_max"] = torch.exp(masked_max(log_w, valid))
-    metrics["is/raw_min"] = torch.exp(masked_min(log_w, valid))
-    return w, metrics
+        if stats:
+            stats.frac("is/masked_frac", ~keep)
+    if stats:
+        stats.mean("is/weight_mean", w)
+        stats.max("is/raw_max", log_w, post=torch.exp)
+        stats.min("is/raw_min", log_w, post=torch.exp)
+    return w.expand_as(old_logp), (stats.reduce() if own else {})

@@ -2,6 +2,7 @@
 
 from posttrain.rollout.base import ENGINES, FINISH_REASONS, Engine, Rollout, SamplingParams
 from posttrain.rollout.hf import HFEngine, RolloutWeights, filter_logits, sample_next
+from posttrain.rollout.fast import FastEngine
 
-__all__ = ["ENGINES", "FINISH_REASONS", "Engine", "HFEngine", "Rollout", "RolloutWeights",
+__all__ = ["ENGINES", "FINISH_REASONS", "Engine", "FastEngine", "HFEngine", "Rollout", "RolloutWeights",
            "SamplingParams", "filter_logits", "sample_next"]

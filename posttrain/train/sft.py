@@ -32,7 +32,7 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     return target
 
 
-def sft_loss(model, batch: dict, denom: float, chunk_size: int = 1024):
+def sft_loss(model, batch: dict, denom: float, chunk_size: int | None = None):
     """Summed NLL of the batch's assistant tokens divided by `denom` (the step's token count)."""
     target = shift_labels(batch["labels"])
     logp, _ = model_token_logprobs(

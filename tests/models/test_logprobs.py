@@ -293,3 +293,24 @@ def test_lora_on_lm_head_is_refused():
     model = get_peft_model(Qwen3ForCausalLM(cfg), LoraConfig(r=2, target_modules=["lm_head"]))
     with pytest.raises(UnsupportedModelError, match="unmerged PEFT adapter"):
         model_token_logprobs(model, torch.randint(0, 50, (1, 4)))
+
+
+def test_default_chunk_is_sized_from_the_memory_budget_and_changes_nothing():
+    from posttrain.models.logprobs import CHUNK_BUDGET_BYTES, auto_chunk_rows
+
+    assert auto_chunk_rows(151_936) == CHUNK_BUDGET_BYTES // (151_936 * 4) == 165
+    assert auto_chunk_rows(10**12) == 1  # never 0 rows
+    g = torch.Generator().manual_seed(0)
+    V = 80_000  # fp64: the default chunk is 157 rows, so 3 x 100 rows take two chunks
+    hidden = torch.randn(3, 100, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(V, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, V, (3, 100), generator=g)
+    assert auto_chunk_rows(V, itemsize=8) == 157
+    res = []
+    for chunk in (None, 300, 64):
+        logp, ent = token_logprobs(hidden, weight, labels, chunk_size=chunk)
+        gh, gw = torch.autograd.grad((logp.sum() + 0.3 * ent.sum()), (hidden, weight))
+        res.append((logp, ent, gh, gw))
+    for other in res[1:]:
+        for a, b in zip(res[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,288 @@
+"""A lean decode path for dense Qwen3-architecture models: static KV cache, few ops per step.
+
+`rollout.engine: fast` (the default). On the tiny model (and any small model on CPU) a
+transformers forward call costs about 1.5 ms of fixed Python and dispatch overhead before
+any arithmetic (docs/benchmarks.md, RL step profile), and decoding L tokens is L calls.
+This engine runs the same math with the HF module's own parameters (no copy of the model;
+the weights it reads are the live ones) in a hand-written functional forward:
+
+    x  = embed(ids)                                                    (B, S, H)
+    per layer:
+      h      = rmsnorm(x) ;  q, k, v = h @ [Wq; Wk; Wv]^T              one fused matmul
+      q, k   = rmsnorm_head(q), rmsnorm_head(k)                        Qwen3's q/k norms, one op pair
+      q, k   = q cos + rot(q) sin                                      RoPE, rot as a +-1 matmul
+      K[:, :, t], V[:, :, t] = k, v                                    static cache, preallocated
+      x     += o_proj(attn(q, K[:, :, :t+1], V[:, :, :t+1], key mask, GQA))  SDPA in the
+                                                                       prefill, batched matmuls
+                                                                       + softmax per decode step
+      x     += down(silu(g) * u),  (g, u) = rmsnorm(x) @ [Wg; Wu]^T    one fused matmul
+    logits = lm_head(rmsnorm(x[:, -1]))                                last position only
+
+The fused [Wq; Wk; Wv] and [Wg; Wu] are concatenated once per `generate` call (the weights
+change after every update), so the copy follows the trained weights. Sampling is
+`hf.sample_next` on the live rows only, with the global RNG drawing exactly what the HF
+engine draws, so a seeded run gives the same tokens as `rollout.engine: hf` (tested, up to
+the float rounding of a different matmul blocking) and resume stays exact.
+
+Finished rows stay in the batch (they cost a row of arithmetic, not a call) until fewer
+than 3/4 of the rows are live, then the cache is compacted to the live rows.
+
+Anything else -- another architecture, MoE (whose routing another path captures), PEFT
+adapters, sliding-window or scaled RoPE, stop strings -- falls back to `HFEngine`, so the
+engine is always correct and only sometimes fast. `FastEngine.supports(model)` says which,
+and why not.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posttrain.rollout.base import ENGINES, Rollout, SamplingParams
+from posttrain.rollout.hf import HFEngine, sample_next
+
+log = logging.getLogger("posttrain")
+
+COMPACT_BELOW = 0.75
+"""Compact the batch (drop finished rows from the cache) when fewer than this share of its
+rows are live; until then finished rows ride along (cheaper than copying the cache)."""
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """None when the fast path computes exactly what the HF model does; else why not."""
+    cfg = getattr(model, "config", None)
+    if type(model).__name__ != "Qwen3ForCausalLM" or getattr(cfg, "model_type", None) != "qwen3":
+        return f"{type(model).__name__} is not a dense Qwen3ForCausalLM"
+    if hasattr(model, "peft_config"):
+        return "PEFT adapters"
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        return f"rope_type {rope.get('rope_type')!r}"
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) or getattr(
+            cfg, "use_sliding_window", False):
+        return "sliding-window attention"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {cfg.hidden_act!r}"
+    inner = model.model
+    linears = [m for layer in inner.layers for m in (
+        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)] + [model.lm_head]
+    if any(type(m) is not nn.Linear for m in linears):
+        return "a projection is not a plain nn.Linear (quantised or adapted)"
+    return None
+
+
+def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Qwen3RMSNorm: weight * (x / sqrt(mean(x^2) + eps)), computed in fp32."""
+    dt = x.dtype
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(dt)
+
+
+@dataclass
+class _Layer:
+    w_in: Tensor  # (H,) input_layernorm
+    w_qkv: Tensor  # ((nh + 2 nkv) hd, H)
+    b_qkv: Tensor | None
+    w_qk_norm: Tensor  # (nh + nkv, hd): q_norm rows then k_norm rows
+    w_o: Tensor
+    b_o: Tensor | None
+    w_post: Tensor  # (H,) post_attention_layernorm
+    w_gu: Tensor  # (2 I, H)
+    w_down: Tensor
+
+
+class _Weights:
+    """The model's parameters in the layout the lean forward reads (fused where it helps)."""
+
+    def __init__(self, model: nn.Module):
+        cfg, inner = model.config, model.model
+        self.eps = cfg.rms_norm_eps
+        self.nh, self.nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.nh
+        self.embed, self.norm, self.head = inner.embed_tokens.weight, inner.norm.weight, model.lm_head
+        self.inv_freq = inner.rotary_emb.inv_freq
+        self.scale = self.hd ** -0.5  # Qwen3Attention.scaling
+        self.scaling = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
+        self.layers = []
+        for layer in inner.layers:
+            a, m = layer.self_attn, layer.mlp
+            biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+            self.layers.append(_Layer(
+                w_in=layer.input_layernorm.weight,
+                w_qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+                b_qkv=torch.cat(biases) if biases[0] is not None else None,
+                w_qk_norm=torch.cat([a.q_norm.weight.expand(self.nh, -1), a.k_norm.weight.expand(self.nkv, -1)]),
+                w_o=a.o_proj.weight, b_o=a.o_proj.bias, w_post=layer.post_attention_layernorm.weight,
+                w_gu=torch.cat([m.gate_proj.weight, m.up_proj.weight]), w_down=m.down_proj.weight))
+        hd = self.hd
+        rot = torch.zeros(hd, hd, dtype=self.embed.dtype, device=self.embed.device)
+        half = hd // 2
+        idx = torch.arange(half, device=rot.device)
+        rot[idx + half, idx] = -1.0  # rot(x)[:half] = -x[half:]
+        rot[idx, idx + half] = 1.0  # rot(x)[half:] = x[:half]
+        self.rot = rot  # x @ rot == rotate_half(x), exactly (one +-1 term per output)
+
+    def rope_tables(self, n_pos: int) -> tuple[Tensor, Tensor]:
+        """(n_pos, hd) cos and sin, as Qwen3RotaryEmbedding computes them (fp32, then the dtype)."""
+        pos = torch.arange(n_pos, device=self.inv_freq.device, dtype=torch.float)
+        freqs = pos[:, None] * self.inv_freq.float()[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        dt = self.embed.dtype
+        return (emb.cos() * self.scaling).to(dt), (emb.sin() * self.scaling).to(dt)
+
+
+class _Decoder:
+    """One batch: static KV cache of (rows, nkv, prompt + max_new, hd) per layer."""
+
+    def __init__(self, w: _Weights, rows: int, max_len: int, device):
+        self.w = w
+        dt = w.embed.dtype
+        self.k = [torch.zeros(rows, w.nkv, max_len, w.hd, dtype=dt, device=device) for _ in w.layers]
+        self.v = [torch.zeros(rows, w.nkv, max_len, w.hd, dtype=dt, device=device) for _ in w.layers]
+        self.cos, self.sin = w.rope_tables(max_len)
+
+    def select(self, idx: Tensor) -> None:
+        self.k = [t.index_select(0, idx) for t in self.k]
+        self.v = [t.index_select(0, idx) for t in self.v]
+
+    def forward(self, ids: Tensor, pos: Tensor, start: int, mask: Tensor) -> Tensor:
+        """Logits (B, V) of the last position. ids, pos (B, S); the S new keys go to cache
+        slots start .. start + S - 1; mask (B, 1, S, start + S) bool, True = may attend, or
+        for S = 1 (decode) an additive float mask (B, 1, 1, start + 1): 0 or -inf."""
+        w = self.w
+        B, S = ids.shape
+        nh, nkv, hd = w.nh, w.nkv, w.hd
+        end = start + S
+        x = F.embedding(ids, w.embed)  # (B, S, H)
+        cos, sin = self.cos[pos][:, :, None, :], self.sin[pos][:, :, None, :]  # (B, S, 1, hd)
+        nqk = (nh + nkv) * hd
+        for li, L in enumerate(w.layers):
+            qkv = F.linear(_rms(x, L.w_in, w.eps), L.w_qkv, L.b_qkv)  # (B, S, (nh + 2 nkv) hd)
+            qk = _rms(qkv[..., :nqk].reshape(B, S, nh + nkv, hd), L.w_qk_norm, w.eps)
+            qk = qk * cos + (qk @ w.rot) * sin  # RoPE on q and k at once
+            q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, S, hd)
+            self.k[li][:, :, start:end] = qk[:, :, nh:].transpose(1, 2)
+            self.v[li][:, :, start:end] = qkv[..., nqk:].reshape(B, S, nkv, hd).transpose(1, 2)
+            kc, vc = self.k[li][:, :, :end], self.v[li][:, :, :end]  # (B, nkv, end, hd)
+            if S == 1:  # decode: plain batched matmuls (the CPU SDPA kernel is slow at q_len 1)
+                qg = q.reshape(B, nkv, nh // nkv, hd)  # GQA: the query heads of each kv head
+                scores = (qg @ kc.transpose(-1, -2)) * w.scale  # (B, nkv, nh / nkv, end)
+                scores = scores + mask  # (B, 1, 1, end) additive: 0, or -inf at padding
+                att = (torch.softmax(scores, dim=-1) @ vc).reshape(B, nh, 1, hd)
+            else:
+                att = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=nh != nkv)
+            x = x + F.linear(att.transpose(1, 2).reshape(B, S, nh * hd), L.w_o, L.b_o)
+            gu = F.linear(_rms(x, L.w_post, w.eps), L.w_gu)  # (B, S, 2 I)
+            g, u = gu.chunk(2, dim=-1)
+            x = x + F.linear(F.silu(g) * u, L.w_down)
+        h = _rms(x[:, -1], w.norm, w.eps)  # (B, H)
+        return F.linear(h, w.head.weight, w.head.bias)
+
+
+class FastEngine(HFEngine):
+    """`HFEngine` with the lean decode above for dense Qwen3 models; falls back to the HF
+    path (same results, slower) for anything `unsupported_reason` names."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        super().__init__(model, tokenizer, batch_size)
+        self._warned = False
+
+    @staticmethod
+    def supports(model) -> str | None:
+        return unsupported_reason(model)
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int = 1) -> Rollout:
+        why = unsupported_reason(self.model) or ("stop strings" if params.stop else None)
+        if why is not None:
+            if not self._warned:
+                log.info("rollout.engine=fast: %s; using the hf decode path", why)
+                self._warned = True
+            return super().generate(prompts, params, n)
+        self._weights = _Weights(self.model)  # per call: the weights change after each update
+        try:
+            return super().generate(prompts, params, n)
+        finally:
+            self._weights = None
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, ends: list[int]):
+        if getattr(self, "_weights", None) is None:  # the fallback path
+            return super()._generate_batch(prompts, params, ends)
+        w = self._weights
+        device = w.embed.device
+        B, L = len(prompts), max(len(p) for p in prompts)
+        T = params.max_new_tokens
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        key_ok = torch.ones((B, L + T), dtype=torch.bool)  # (B, slots): False = left padding
+        for b, p in enumerate(prompts):  # left padding: every row's next token is at L
+            ids[b, L - len(p):] = torch.tensor(p, dtype=torch.long)
+            key_ok[b, :L - len(p)] = False
+        ids, key_ok = ids.to(device), key_ok.to(device)
+        key_bias = torch.zeros(key_ok.shape, dtype=w.embed.dtype, device=device).masked_fill_(
+            ~key_ok, float("-inf"))  # (B, slots) additive mask of the decode steps
+        pos = (key_ok[:, :L].long().cumsum(-1) - 1).clamp(min=0)  # (B, L), as the HF engine
+        dec = _Decoder(w, B, L + T, device)
+        # prefill mask: causal, padding keys off; a padding query sees itself (no empty row,
+        # so no NaN reaches the cache; its output is never read)
+        causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+        eye = torch.eye(L, dtype=torch.bool, device=device)
+        mask = (causal[None] & key_ok[:, None, :L]) | eye[None]  # (B, L, L)
+        logits = dec.forward(ids, pos, 0, mask[:, None])
+        next_pos = pos[:, -1] + 1  # (B,)
+        end_ids = torch.tensor(ends, dtype=torch.long, device=device)
+        out_tok = torch.zeros((B, T), dtype=torch.long, device=device)
+        out_lp = torch.zeros((B, T), dtype=torch.float32, device=device)
+        length = torch.full((B,), T, dtype=torch.long, device=device)  # (B,) tokens per row
+        stopped = torch.zeros(B, dtype=torch.bool, device=device)
+        rows = torch.arange(B, device=device)  # original row of each batch row
+        alive = torch.ones(B, dtype=torch.bool, device=device)  # (rows,) still generating
+        n_alive = B
+        for t in range(T):
+            all_alive = n_alive == rows.numel()
+            live_idx = None if all_alive else alive.nonzero().squeeze(1)
+            lg = logits if all_alive else logits.index_select(0, live_idx)
+            tok, lp = sample_next(lg, params)  # (n_alive,): the draws the HF engine makes
+            orig = rows if all_alive else rows.index_select(0, live_idx)
+            out_tok[orig, t] = tok
+            out_lp[orig, t] = lp.float()
+            fin = torch.isin(tok, end_ids)
+            n_fin = int(fin.sum())
+            if n_fin:
+                done = orig[fin]
+                length[done] = t + 1
+                stopped[done] = True
+                if all_alive:
+                    alive = ~fin
+                else:
+                    alive[live_idx[fin]] = False
+                n_alive -= n_fin
+            if t == T - 1 or n_alive == 0:
+                break
+            if n_alive < COMPACT_BELOW * rows.numel():  # drop finished rows from the cache
+                keep = alive.nonzero().squeeze(1)
+                dec.select(keep)
+                rows, key_bias, next_pos = rows[keep], key_bias[keep], next_pos[keep]
+                alive = torch.ones(keep.numel(), dtype=torch.bool, device=device)
+                step_tok = out_tok[rows, t]
+            else:
+                step_tok = out_tok[rows, t]  # finished rows feed their last token; never read
+            slot = L + t
+            logits = dec.forward(step_tok[:, None], next_pos[:, None], slot,
+                                 key_bias[:, None, None, :slot + 1])
+            next_pos = next_pos + 1
+        lengths, stop_l = length.tolist(), stopped.tolist()
+        tok_l, lp_l = out_tok.tolist(), out_lp.tolist()
+        tokens = [tok_l[b][:lengths[b]] for b in range(B)]
+        logps = [lp_l[b][:lengths[b]] for b in range(B)]
+        reasons = ["stop" if s else "length" for s in stop_l]
+        return tokens, logps, reasons
+
+
+ENGINES.register("fast", FastEngine)

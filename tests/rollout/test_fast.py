@@ -1,0 +1,110 @@
+"""The fast decode engine: the same tokens, log-probs and finish reasons as the HF engine
+for the same seed (it is the same math with the same random draws), engine log-probs equal
+to the trainer's, the cache compaction path, and the fallback for other models."""
+
+import pytest
+import torch
+
+from posttrain.config import ModelConfig, RolloutConfig
+from posttrain.data.chat import tokenize_prompt
+from posttrain.data.tasks import generate
+from posttrain.models.load import load_model_and_tokenizer
+from posttrain.models.logprobs import model_token_logprobs
+from posttrain.rollout import ENGINES, FastEngine, HFEngine, SamplingParams
+from posttrain.rollout import fast as fast_mod
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    model, tok = load_model_and_tokenizer(ModelConfig(path=str(tiny_path)))
+    prompts = [tokenize_prompt(tok, e.prompt_messages) for e in generate("structured", "train", 5)]
+    return model, tok, prompts
+
+
+def _both(model, tok, prompts, params, n=1, batch_size=64, seed=0):
+    out = []
+    for engine in (HFEngine, FastEngine):
+        torch.manual_seed(seed)
+        out.append(engine(model, tok, batch_size=batch_size).generate(prompts, params, n=n))
+        out[-1].rng_after = torch.rand(1).item()  # the stream continues identically too
+    return out
+
+
+def _assert_same(a, b):
+    assert a.completion_ids == b.completion_ids
+    assert a.finish_reasons == b.finish_reasons
+    assert a.texts == b.texts
+    for la, lb in zip(a.logprobs, b.logprobs):
+        torch.testing.assert_close(torch.tensor(lb), torch.tensor(la), rtol=0, atol=2e-5)
+    assert a.rng_after == b.rng_after
+
+
+def test_default_engine_is_fast_and_the_tiny_model_is_supported(tiny):
+    model, _, _ = tiny
+    assert RolloutConfig().engine == "fast" and ENGINES.get("fast") is FastEngine
+    assert FastEngine.supports(model) is None
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=1.0, max_new_tokens=20),
+    SamplingParams(temperature=0.7, top_p=0.9, top_k=50, max_new_tokens=12),
+    SamplingParams(temperature=0, max_new_tokens=12),
+])
+def test_same_seed_same_tokens_as_the_hf_engine(tiny, params):
+    model, tok, prompts = tiny
+    hf, fast = _both(model, tok, prompts, params, n=3, batch_size=8)  # 15 rows in two batches
+    _assert_same(hf, fast)
+
+
+def test_rows_that_finish_leave_the_batch_identically(tiny, monkeypatch):
+    """Many stop tokens: most rows end early, so the batch shrinks and the cache is compacted."""
+    model, tok, prompts = tiny
+    calls = []
+    real = fast_mod._Decoder.select
+    monkeypatch.setattr(fast_mod._Decoder, "select", lambda self, idx: (calls.append(idx.numel()), real(self, idx)))
+    params = SamplingParams(temperature=1.0, max_new_tokens=30, stop_token_ids=tuple(range(10, 200)))
+    hf, fast = _both(model, tok, prompts, params, n=4, seed=3)
+    _assert_same(hf, fast)
+    assert "stop" in fast.finish_reasons and len({len(c) for c in fast.completion_ids}) > 3
+    assert calls, "the compaction path was not exercised"
+
+
+def test_engine_logprobs_equal_the_trainer_logprobs(tiny):
+    model, tok, prompts = tiny
+    torch.manual_seed(1)
+    ro = FastEngine(model, tok).generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=16), n=2)
+    for i in range(len(ro)):
+        ids = torch.tensor([ro.prompt_ids[i] + ro.completion_ids[i]])
+        lp, _ = model_token_logprobs(model, ids, with_entropy=False)
+        ref = lp[0, len(ro.prompt_ids[i]) - 1:]
+        torch.testing.assert_close(torch.tensor(ro.logprobs[i]), ref, rtol=0, atol=1e-4)
+
+
+def test_weights_are_read_live_at_each_generate(tiny):
+    model, tok, prompts = tiny
+    greedy = SamplingParams(temperature=0, max_new_tokens=6)
+    eng = FastEngine(model, tok)
+    before = eng.generate(prompts[:2], greedy).logprobs
+    w = model.model.layers[0].mlp.up_proj.weight
+    with torch.no_grad():
+        w.mul_(3.0)
+    try:
+        after = eng.generate(prompts[:2], greedy).logprobs
+        ref = HFEngine(model, tok).generate(prompts[:2], greedy).logprobs
+    finally:
+        with torch.no_grad():
+            w.div_(3.0)
+    assert after != before
+    torch.testing.assert_close(torch.tensor(after[0]), torch.tensor(ref[0]), rtol=0, atol=2e-5)
+
+
+def test_moe_and_stop_strings_fall_back_to_the_hf_path(tmp_path, tiny):
+    model, tok, prompts = tiny
+    moe, moe_tok = load_model_and_tokenizer(ModelConfig(path="builtin:tiny-moe"))
+    assert "Qwen3MoeForCausalLM" in FastEngine.supports(moe)
+    params = SamplingParams(temperature=1.0, max_new_tokens=8)
+    hf, fast = _both(moe, moe_tok, prompts[:2], params, n=2)
+    _assert_same(hf, fast)
+    stop = SamplingParams(temperature=1.0, max_new_tokens=8, stop=("}",))
+    hf, fast = _both(model, tok, prompts[:2], stop, n=2)
+    _assert_same(hf, fast)
