@@ -15,11 +15,16 @@ Axes (each a `posttrain.registry.Registry`):
                      sequence_truncate, sequence_mask                        (ratio.py)
     POLICY_LOSSES    the named objectives: declarations over the axes        (policy.py)
 
+Preference objectives (`preference_loss`, PREFERENCE_LOSSES, preference.py) and the
+draft-distillation losses for speculative decoding (`distill_loss`, DISTILL_LOSSES:
+kd, eal, survival_eal, eal_exact; distill.py) are their own registries.
+
 `python -m posttrain.objectives.docs` rewrites the objectives section of docs/objectives.md
 from these registries (a test checks it is current).
 """
 
 from .aggregate import AGGREGATIONS, aggregate
+from .distill import DISTILL_LOSSES, distill_loss
 from .kl import KL_ESTIMATORS, kl_estimate
 from .loss import MODIFIERS, LossOut, objective_normalisers, objective_params, policy_loss
 from .masks import entropy_mask, entropy_threshold
@@ -32,4 +37,5 @@ __all__ = [
     "SURROGATES", "LossOut", "PolicyObjective", "Surrogate", "aggregate", "entropy_mask",
     "entropy_threshold", "kl_estimate", "mismatch_weights", "objective_normalisers",
     "objective_params", "policy_loss", "register_objective", "PREFERENCE_LOSSES", "preference_loss",
+    "DISTILL_LOSSES", "distill_loss",
 ]

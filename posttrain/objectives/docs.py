@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .aggregate import AGGREGATIONS
+from .distill import DISTILL_LOSSES, DISTILL_MODIFIERS
 from .kl import KL_ESTIMATORS
 from .loss import MODIFIERS
 from .policy import POLICY_LOSSES, SURROGATES
@@ -107,6 +108,21 @@ def objectives_markdown() -> str:
          "yes" if o.needs_reference else "no", "yes" if o.needs_lengths else "no", o.paper]
         for n, o in PREFERENCE_LOSSES.items()])
     lines += [""] + [f"- `{n}`: {o.note}" for n, o in PREFERENCE_LOSSES.items() if o.note]
+    lines += ["", "## Draft-distillation losses (speculative decoding)", "",
+              "`posttrain.objectives.distill_loss(name, draft_logits, target_logits, mask, num_blocks=None,",
+              "**params)` -> `LossOut`; logits `(N, K, V)` (N blocks, K = B - 1 drafted positions), `mask`",
+              "`(N, K)` (0 past the response's end; a 0 ends the block's acceptance chain). p_k, q_k the target's",
+              "and the draft's distributions, KL_k the forward KL(p_k, q_k) = sum_v p_k log(p_k / q_k)",
+              "(KL_k^T: both softened by T), a_k = q_k(argmax p_k), c_k = prod_{j<=k} m_j,",
+              "P_k = c_k prod_{j<=k} a_j, E[N] = sum_k P_k (tau = E[N] + 1), s_k = m_k P_{k-1}; loss =",
+              "sum over blocks / `num_blocks` (default N). Details and sources: the docstring of",
+              "`posttrain/objectives/distill.py`.", ""]
+    lines += _table(["name", "per-block loss", "parameters", "source"], [
+        [f"`{n}`", f"`{o.formula}`",
+         ", ".join(f"`{k}={v!r}`" for k, v in o.defaults().items()) or "-", o.paper]
+        for n, o in DISTILL_LOSSES.items()])
+    lines += [""] + [f"- `{n}`: {o.note}" for n, o in DISTILL_LOSSES.items() if o.note]
+    lines += [""] + [f"- `{k}` (default {_fmt(d)}): {doc}" for k, (d, doc) in DISTILL_MODIFIERS.items()]
     return "\n".join(lines)
 
 

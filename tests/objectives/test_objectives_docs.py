@@ -26,3 +26,13 @@ def test_render_leaves_the_rest_of_the_file_alone():
     out = render(text)
     assert out.startswith("# T\n\nintro\n") and out.endswith(other)
     assert "STALE TEXT" not in out and objectives_markdown() in out
+
+
+def test_every_distill_loss_is_listed_with_its_defaults():
+    from posttrain.objectives import DISTILL_LOSSES
+    md = objectives_markdown()
+    for name, obj in DISTILL_LOSSES.items():
+        row = next(line for line in md.splitlines() if line.startswith(f"| `{name}` |"))
+        assert obj.paper in row and obj.formula in row
+        for key, value in obj.defaults().items():
+            assert f"`{key}={value!r}`" in row
