@@ -19,12 +19,26 @@ def _recipe(target, *extra):
         "train.lr=3e-3", "train.warmup_steps=5", *extra])
 
 
+@pytest.fixture(scope="module")
+def sharp_target(tiny_path, tmp_path_factory):
+    """The untrained tiny model with its final norm scaled by 30: the same greedy choices,
+    but confident distributions (the untrained model's are nearly flat, so its KL to any
+    draft is ~0 and soft-label KD has nothing to learn from). Building a fine-tuned target
+    takes minutes; the tau >= 3 result on one is the documented pipeline run."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(tiny_path)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(30.0)
+    d = tmp_path_factory.mktemp("sharp")
+    model.save_pretrained(d)
+    AutoTokenizer.from_pretrained(tiny_path).save_pretrained(d)
+    return str(d)
+
+
 @pytest.mark.slow
-def test_distillation_raises_heldout_tau_and_stays_lossless(tiny_path, tmp_path):
-    """The untrained tiny target's greedy output is a loop the draft must learn from the
-    target's context features; an untrained draft gets almost nothing accepted. (The
-    tau >= 3 result on a fine-tuned target is the documented pipeline run, too slow here.)"""
-    recipe = _recipe(tiny_path, "train.max_steps=60", "distill.loss=kd")
+def test_distillation_raises_heldout_tau_and_stays_lossless(sharp_target, tmp_path):
+    tiny_path = sharp_target
+    recipe = _recipe(tiny_path, "train.max_steps=30", "distill.loss=kd")
     res = run_distill(recipe, tmp_path / "run")
     spec = json.loads((tmp_path / "run" / "spec_results.json").read_text())["structured"]
     assert spec["lossless"] and spec["prompts"] == 4
@@ -38,7 +52,7 @@ def test_distillation_raises_heldout_tau_and_stays_lossless(tiny_path, tmp_path)
                            6, 32, progress=False)["structured"]
     assert before["tau"] < 1.5
     assert spec["tau"] >= before["tau"] + 2.0
-    assert res.stages[0][1].step == 60
+    assert res.stages[0][1].step == 30
 
 
 def test_unknown_loss_and_parameter_are_config_errors(tiny_path, tmp_path):
