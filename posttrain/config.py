@@ -267,8 +267,10 @@ class PreferRecipe:
 
 @dataclass
 class DraftConfig:
-    kind: Literal["block"] = "block"
-    """block: the DFlash-style block drafter (docs/speculative.md)."""
+    kind: Literal["block", "ar"] = "block"
+    """block: the DFlash-style block drafter; ar: the baseline, a smaller causal LM of the
+    target's architecture (num_layers layers, the target's embeddings copied and frozen)
+    distilled with kd on every response position (docs/speculative.md)."""
     num_layers: int = 1
     """Draft decoder layers."""
     block_size: int = 16

@@ -115,6 +115,8 @@ def collate_blocks(items: list[DraftSequence], pad_id: int, block_size: int, anc
     input_ids, attention_mask (N, T); anchors, first_tokens (N, J); block_mask (N, J, B-1)
     True where position anchor + k (k = 1..B-1) holds a real token; a sequence with fewer
     eligible anchors than J repeats none: its spare blocks have an all-False block_mask.
+    response_mask (N, T): True at positions whose next token is a response token (the
+    autoregressive draft's training positions).
     """
     rows = [it.ids[:max_length] for it in items]
     T = max(len(r) for r in rows)
@@ -123,11 +125,13 @@ def collate_blocks(items: list[DraftSequence], pad_id: int, block_size: int, anc
     att = torch.zeros((n, T), dtype=torch.long)
     anc = torch.zeros((n, anchors), dtype=torch.long)
     bmask = torch.zeros((n, anchors, block_size - 1), dtype=torch.bool)
+    resp = torch.zeros((n, T), dtype=torch.bool)
     k = torch.arange(1, block_size)
     for i, (r, it) in enumerate(zip(rows, items)):
         L = len(r)
         ids[i, :L] = torch.tensor(r)
         att[i, :L] = 1
+        resp[i, max(it.prompt_len - 1, 0):L - 1] = True
         lo, hi = min(it.prompt_len, L - 1), L - 2  # anchor a needs a token at a + 1
         if hi < lo:
             continue
@@ -137,7 +141,7 @@ def collate_blocks(items: list[DraftSequence], pad_id: int, block_size: int, anc
         bmask[i, :len(pick)] = (pick[:, None] + k[None]) < L
     first = ids.gather(1, anc)
     return {"input_ids": ids, "attention_mask": att, "anchors": anc, "first_tokens": first,
-            "block_mask": bmask}
+            "block_mask": bmask, "response_mask": resp}
 
 
 def count_blocks(batch: dict) -> float:

@@ -145,6 +145,46 @@ class BlockDistillLoss:
         return res.loss, metrics
 
 
+def ar_draft(target, num_layers: int):
+    """The baseline draft: the target's architecture cut to `num_layers` layers, freshly
+    initialised, with the target's input embedding (and so, tied, its LM head) copied and
+    frozen."""
+    from transformers import AutoModelForCausalLM
+    cfg = target.config.__class__.from_dict(target.config.to_dict())
+    cfg.num_hidden_layers = num_layers
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = cfg.layer_types[:num_layers]
+    draft = AutoModelForCausalLM.from_config(cfg, dtype=target.dtype).to(target.device)
+    emb = draft.get_input_embeddings().weight
+    with torch.no_grad():
+        emb.copy_(target.get_input_embeddings().weight)
+        if not cfg.tie_word_embeddings:
+            draft.get_output_embeddings().weight.copy_(target.get_output_embeddings().weight)
+    for p in (emb, draft.get_output_embeddings().weight):
+        p.requires_grad_(False)
+    draft.generation_config = target.generation_config
+    return draft
+
+
+class ARDistillLoss:
+    """Token-level KD of the AR draft: every response position is a block of K = 1, so
+    `kd` is the forward KL to the target's next-token distribution there."""
+
+    def __init__(self, target, params: dict):
+        self.target, self.params = target, params
+
+    def __call__(self, draft, batch: dict, denom: float):
+        ids, att, m = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        with torch.no_grad():
+            teacher = self.target(input_ids=ids, attention_mask=att, use_cache=False).logits[m]  # (P, V)
+        logits = draft(input_ids=ids, attention_mask=att, use_cache=False).logits[m]
+        res = distill_loss("kd", logits[:, None], teacher[:, None].float(),
+                           torch.ones_like(m[m])[:, None], num_blocks=denom, **self.params)
+        metrics = {k: float(v) for k, v in res.metrics.items() if k in ("kl", "top1")}
+        metrics["num_tokens"] = float(m.sum())
+        return res.loss, metrics
+
+
 def _stages(recipe: DistillRecipe) -> list[DistillStage]:
     if recipe.stages:
         return recipe.stages
@@ -214,6 +254,8 @@ def run_distill(recipe: DistillRecipe, out_dir: str | Path | None = None, resume
     prompt_files, seqs = prepare_data(recipe, target, tokenizer, out)
     seconds["data"] = time.perf_counter() - t0
 
+    if recipe.draft.kind == "ar":
+        return _run_ar(recipe, target, tokenizer, prompt_files, seqs, out, seconds, target_path, resume)
     cfg = draft_config(recipe, target)
     drafter = attach(cfg, target)
     init = recipe.distill.init_from
@@ -248,16 +290,48 @@ def run_distill(recipe: DistillRecipe, out_dir: str | Path | None = None, resume
     if recipe.stages and dist.is_main():
         shutil.copytree(results[-1][2], draft_dir, dirs_exist_ok=True)
     seconds["train"] = time.perf_counter() - t0
+    spec = _spec_eval(recipe, target, tokenizer, drafter.eval().new_cache(), prompt_files, out,
+                      seconds, cfg.block_size)
+    return DistillResult([(n, r) for n, r, _ in results], draft_dir, spec, target_path, seconds)
+
+
+def _spec_eval(recipe, target, tokenizer, drafter, prompt_files, out: Path, seconds: dict,
+               block_size: int) -> dict | None:
     spec = None
     se = recipe.spec_eval
     if se.enabled and prompt_files and dist.is_main():
         from ..eval.spec import run_spec_eval, write_spec_results
         t0 = time.perf_counter()
-        spec = run_spec_eval(target, tokenizer, drafter.eval().new_cache(), prompt_files,
-                             se.block_size or cfg.block_size, se.max_new_tokens)
+        spec = run_spec_eval(target, tokenizer, drafter, prompt_files, se.block_size or block_size,
+                             se.max_new_tokens, progress=recipe.train.progress)
         seconds["spec_eval"] = time.perf_counter() - t0
         write_spec_results(spec, out)
     (out / "timing.json").write_text(json.dumps({k: round(v, 1) for k, v in seconds.items()}, indent=2) + "\n")
     dist.barrier()
-    return DistillResult([(n, r) for n, r, _ in results], draft_dir, spec, target_path, seconds)
+    return spec
+
+
+def _run_ar(recipe, target, tokenizer, prompt_files, seqs, out: Path, seconds: dict,
+            target_path: str, resume: bool) -> DistillResult:
+    """The AR baseline: one kd stage (the acceptance losses are defined on blocks)."""
+    from ..spec.ar import ARDrafter
+    stages = _stages(recipe)
+    if len(stages) != 1 or stages[0].loss != "kd":
+        raise ConfigError("draft.kind=ar trains with one kd stage (distill.loss: kd, no stages)")
+    draft = ar_draft(target, recipe.draft.num_layers)
+    pad, dc = tokenizer.pad_token_id, recipe.data
+    stream = BatchStream(seqs, recipe.train.batch_size, lambda b: collate_blocks(
+        b, pad, 2, 1, dc.max_length), seed=recipe.train.seed)
+    t0 = time.perf_counter()
+    res = train_loop(draft, stream, ARDistillLoss(target, stages[0].params), recipe.train, out,
+                     weight_fn=lambda b: float(b["response_mask"].sum()), resume=resume,
+                     description="distill ar")
+    seconds["train"] = time.perf_counter() - t0
+    draft_dir = out / "draft"
+    if dist.is_main():
+        draft.save_pretrained(draft_dir)
+        tokenizer.save_pretrained(draft_dir)
+    spec = _spec_eval(recipe, target, tokenizer, ARDrafter(draft.eval()), prompt_files, out, seconds,
+                      recipe.draft.block_size)
+    return DistillResult([("kd", res)], draft_dir, spec, target_path, seconds)
 

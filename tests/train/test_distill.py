@@ -61,3 +61,19 @@ def test_unknown_loss_and_parameter_are_config_errors(tiny_path, tmp_path):
     with pytest.raises(ConfigError, match="stages\\[1\\].params: eal has no parameter"):
         run_distill(_recipe(tiny_path, "stages=[{loss: kd}, {loss: eal, params: {gamma: 3}}]"),
                     tmp_path / "b")
+
+
+def test_ar_baseline_draft_shares_the_target_embedding_frozen(tiny_path):
+    from posttrain.config import ModelConfig
+    from posttrain.models.load import load_model
+    from posttrain.spec.ar import ARDrafter
+    from posttrain.train.distill import ar_draft
+    target = load_model(ModelConfig(path=tiny_path)).eval()
+    draft = ar_draft(target, 1)
+    assert draft.config.num_hidden_layers == 1 and target.config.num_hidden_layers == 4
+    assert torch.equal(draft.get_input_embeddings().weight, target.get_input_embeddings().weight)
+    assert not draft.get_input_embeddings().weight.requires_grad
+    assert any(p.requires_grad for p in draft.parameters())
+    d = ARDrafter(draft)
+    d.extend([1, 2, 3], None)
+    assert len(d.propose(4, 3)) == 3 and d.cache.get_seq_length() == 3  # drafts cropped away
