@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .config import RECIPES, ConfigError, load_recipe
+from .config import RECIPES, ConfigError, ModelConfig, load_recipe
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 console = Console(stderr=True)
@@ -58,9 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     _stage_args(sub.add_parser("sft", help="supervised fine-tuning"))
     _stage_args(sub.add_parser("rl", help="RL from verifiable rewards (grpo, dapo, gspo, sapo, ...)"))
     _stage_args(sub.add_parser("prefer", help="preference optimisation (dpo, orpo, simpo)"))
+    _stage_args(sub.add_parser("distill", help="train a speculative-decoding draft (DFlash block "
+                                              "drafter) from a target, then measure tau and speedup"))
 
     p = sub.add_parser("eval", help="generate and score (or score given predictions) on a benchmark")
-    p.add_argument("task", help="gsm8k, structeval, structured or arithmetic")
+    p.add_argument("task", help="gsm8k, structeval, structured, arithmetic, or spec (speculative "
+                                "decoding: --target, --draft, --prompts, --block-size)")
     p.add_argument("--model", help="model directory or hub name (needed unless --predictions)")
     p.add_argument("--data", help="dataset file (gsm8k: JSONL question/answer; structeval: JSON records)")
     p.add_argument("--predictions", help="JSONL of completions made elsewhere, one row per example")
@@ -75,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corrected", action="store_true", help="structeval: fix the reference scorer's quirks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32, help="sequences generated together")
+    p.add_argument("--target", help="spec: the target model (directory, hub name or builtin:tiny)")
+    p.add_argument("--draft", help="spec: a block-drafter directory (drafter.json) or an AR draft model")
+    p.add_argument("--prompts", nargs="+", metavar="FILE", help="spec: JSONL prompt files (messages or prompt)")
+    p.add_argument("--block-size", type=int, default=16, help="spec: verify block size B (tau ceiling)")
 
     p = sub.add_parser("export", help="merge an adapter into full weights and/or write GGUF for llama.cpp")
     p.add_argument("ckpt", help="a run's final/ directory (PEFT adapter or full model)")
@@ -168,6 +175,8 @@ def _rl_summary(title: str, out, result) -> None:
 
 
 def cmd_eval(args) -> None:
+    if args.task == "spec":
+        return cmd_eval_spec(args)
     from .eval.run import EvalSettings, run_eval, write_results
     settings = EvalSettings(
         task=args.task, model=args.model, data=args.data, predictions=args.predictions, n=args.n,
@@ -183,6 +192,53 @@ def cmd_eval(args) -> None:
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     console.print(table)
     console.print(f"results: {path}")
+
+
+def cmd_eval_spec(args) -> None:
+    from .eval.spec import load_draft, run_spec_eval, spec_table, write_spec_results
+    from .models.load import load_model, load_tokenizer
+    missing = [o for o, v in (("--target", args.target), ("--draft", args.draft),
+                              ("--prompts", args.prompts)) if not v]
+    if missing:
+        raise ConfigError(f"eval spec needs {', '.join(missing)}")
+    if args.block_size < 2:
+        raise ConfigError(f"--block-size must be >= 2, got {args.block_size}")
+    for f in args.prompts:
+        if not Path(f).is_file():
+            raise ConfigError(f"--prompts: no such file: {f}")
+    cfg = ModelConfig(path=args.target)
+    tokenizer, target = load_tokenizer(cfg), load_model(cfg).eval()
+    drafter = load_draft(args.draft, target)
+    results = run_spec_eval(target, tokenizer, drafter, args.prompts, args.block_size,
+                            args.max_new_tokens, n=args.n)
+    path = write_spec_results(results, args.out)
+    console.print(spec_table(results, f"speculative decoding, B={args.block_size}: {args.draft}"))
+    console.print(f"results: {path}")
+
+
+def cmd_distill(args) -> None:
+    from .eval.spec import spec_table
+    from .train.distill import run_distill
+    recipe = load_recipe(RECIPES["distill"], find_recipe(args.recipe), args.overrides)
+    out = args.out or recipe.out
+    result = run_distill(recipe, out, resume=args.resume)
+    from .train import dist
+    if not dist.is_main():
+        return
+    table = Table(title="draft distillation (last step of each stage)")
+    for col in ("stage", "steps", "loss", "top1", "E[N]+1 (teacher-forced)", "greedy len"):
+        table.add_column(col, justify="right")
+    for name, r in result.stages:
+        last = r.history[-1] if r.history else {}
+        table.add_row(name, str(r.step), f"{last.get('loss', float('nan')):.4f}",
+                      f"{last.get('top1', float('nan')):.3f}",
+                      f"{last.get('accept/tau_expected', float('nan')):.2f}",
+                      f"{last.get('accept/greedy_len', float('nan')):.2f}")
+    console.print(table)
+    if result.spec:
+        console.print(spec_table(result.spec, f"held-out speculative decoding, B={recipe.spec_eval.block_size or recipe.draft.block_size}"))
+    secs = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    console.print(f"outputs: {out}  (draft: {result.draft_dir}, target: {result.target_path}; {secs})")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -311,7 +367,7 @@ def _summary(title: str, out, result) -> None:
 
 
 COMMANDS = {"tiny-model": cmd_tiny_model, "sft": cmd_sft, "rl": cmd_rl, "prefer": cmd_prefer, "eval": cmd_eval,
-            "export": cmd_export, "demo": cmd_demo, "report": cmd_report}
+            "export": cmd_export, "demo": cmd_demo, "report": cmd_report, "distill": cmd_distill}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -272,7 +272,113 @@ class PreferRecipe:
     """Output directory."""
 
 
-RECIPES: dict[str, type] = {"sft": SFTRecipe, "rl": RLRecipe, "prefer": PreferRecipe}
+@dataclass
+class DraftConfig:
+    kind: Literal["block", "ar"] = "block"
+    """block: the DFlash-style block drafter; ar: the baseline, a smaller causal LM of the
+    target's architecture (num_layers layers, the target's embeddings copied and frozen)
+    distilled with kd on every response position (docs/speculative.md)."""
+    num_layers: int = 1
+    """Draft decoder layers."""
+    block_size: int = 16
+    """B: slots per block, the known token + B - 1 drafted ones (tau ceiling)."""
+    num_target_layers: int = 2
+    """How many evenly spaced target layers condition the draft (ignored if target_layers)."""
+    target_layers: list[int] = field(default_factory=list)
+    """Explicit hidden_states indices (0 = embeddings, i = after layer i); empty = evenly spaced."""
+    intermediate_size: int | None = None
+    """MLP width; None = the target's."""
+    num_heads: int | None = None
+    """Attention heads; None = the target's (and its KV heads and head_dim)."""
+
+    def __post_init__(self):
+        if self.block_size < 2:
+            raise ValueError("draft.block_size must be >= 2")
+        if self.num_layers < 1 or self.num_target_layers < 1:
+            raise ValueError("draft.num_layers and draft.num_target_layers must be >= 1")
+
+
+@dataclass
+class DistillDataConfig:
+    train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    """Prompt sources; the target writes the responses (greedy, thinking off)."""
+    eval: list[SourceConfig] = field(default_factory=list)
+    """Held-out prompt sources: written as one prompt file per source for the spec evaluation,
+    and their prompt hashes are subtracted from the training prompts."""
+    max_new_tokens: int = 128
+    """Length cap of the target's responses."""
+    max_length: int = 512
+    """Prompt + response tokens kept per training sequence."""
+    anchors_per_seq: int = 8
+    """Blocks drawn per response per pass (random anchor positions, redrawn every time)."""
+    gen_batch_size: int = 64
+    """Sequences the target generates together."""
+    seed: int = 0
+    """Seed of the built-in prompt generators."""
+
+
+@dataclass
+class DistillLossConfig:
+    loss: str = "kd"
+    """A registered distill loss: kd, eal, survival_eal, eal_exact (docs/speculative.md)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Its parameters (kd: gamma, alpha, temperature; eal / survival_eal: eal_coef, kl_coef)."""
+    init_from: str | None = None
+    """Warm start: a draft directory (drafter.json + drafter.safetensors) to start from."""
+
+
+@dataclass
+class DistillStage:
+    name: str = "kd"
+    """Stage name (its output directory is OUT/stages/<index>-<name>)."""
+    loss: str = "kd"
+    """The stage's distill loss."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Its parameters."""
+    max_steps: int | None = None
+    """Optimizer steps of this stage; None = train.max_steps."""
+    lr: float | None = None
+    """Peak learning rate of this stage; None = train.lr."""
+
+
+@dataclass
+class SpecEvalConfig:
+    enabled: bool = True
+    """Run the speculative-decoding evaluation on the data.eval prompts after training."""
+    block_size: int | None = None
+    """Verify block size; None = the draft's."""
+    max_new_tokens: int = 128
+    """Generation cap of both the plain and the speculative decoding."""
+
+
+@dataclass
+class DistillRecipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The target (frozen). With target_sft set, the base the target is fine-tuned from."""
+    target_sft: str | None = None
+    """An SFT recipe (file or shipped name) that turns model.path into the target; the result
+    is cached under $POSTTRAIN_CACHE/targets, keyed by the resolved recipe, and reused."""
+    target_sft_overrides: list[str] = field(default_factory=list)
+    """Dotted overrides of that SFT recipe (part of the cache key)."""
+    draft: DraftConfig = field(default_factory=DraftConfig)
+    """The draft model."""
+    data: DistillDataConfig = field(default_factory=DistillDataConfig)
+    """Prompts, response generation and anchors."""
+    distill: DistillLossConfig = field(default_factory=DistillLossConfig)
+    """The loss (a single stage) and an optional warm start."""
+    stages: list[DistillStage] = field(default_factory=list)
+    """Successive stages (e.g. kd -> eal -> survival_eal), each warm-starting from the previous
+    one's draft; empty = one stage with `distill`."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimizer and loop; batch_size counts sequences (each gives anchors_per_seq blocks)."""
+    spec_eval: SpecEvalConfig = field(default_factory=SpecEvalConfig)
+    """The speculative-decoding evaluation after training."""
+    out: str = "runs/distill"
+    """Output directory."""
+
+
+RECIPES: dict[str, type] = {"sft": SFTRecipe, "rl": RLRecipe, "prefer": PreferRecipe,
+                            "distill": DistillRecipe}
 
 
 # --------------------------------------------------------------------------- loading
