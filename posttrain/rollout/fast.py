@@ -282,7 +282,7 @@ class FastEngine(HFEngine):
         tokens = [tok_l[b][:lengths[b]] for b in range(B)]
         logps = [lp_l[b][:lengths[b]] for b in range(B)]
         reasons = ["stop" if s else "length" for s in stop_l]
-        return tokens, logps, reasons
+        return tokens, logps, reasons, None  # no routes: dense models only
 
 
 ENGINES.register("fast", FastEngine)

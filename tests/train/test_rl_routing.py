@@ -54,10 +54,13 @@ def test_r3_replays_the_engine_routing_exactly_and_lowers_the_mismatch(runs):
     # sees the divergence (the same rollout batch at step 1)
     assert all(r["routing/divergence_replayed"] == 0.0 for r in r3)
     assert r3[0]["routing/divergence"] == none[0]["routing/divergence"] > 0
-    # pi_old (and the first update's forward, the same weights and routes) vs the engine
-    for a, b in zip(r3, none):
-        assert a["mismatch/abs_logp_diff_mean"] < b["mismatch/abs_logp_diff_mean"]
-        assert a["mismatch/abs_logp_diff_max"] < b["mismatch/abs_logp_diff_max"]
+    # pi_old (and the first update's forward, the same weights and routes) vs the engine, on
+    # the step-1 batch that both runs share; later steps sample from different weights, so
+    # their tokens differ and the comparison would not be like for like
+    a, b = r3[0], none[0]
+    print({k: (a[k], b[k]) for k in ("mismatch/abs_logp_diff_mean", "mismatch/abs_logp_diff_max")})
+    assert a["mismatch/abs_logp_diff_mean"] < b["mismatch/abs_logp_diff_mean"]
+    assert a["mismatch/abs_logp_diff_max"] < b["mismatch/abs_logp_diff_max"]
     # the forward of the first update (before any step: its gap to the engine is the
     # training-inference one) is closer to the engine under r3; later updates add staleness
     assert r3[0]["mismatch/update_abs_logp_diff_mb0"] < none[0]["mismatch/update_abs_logp_diff_mb0"]
