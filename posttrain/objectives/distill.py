@@ -20,6 +20,7 @@ Notation (per block; p_k = softmax(target_k), q_k = softmax(draft_k), m_k the ma
     E[N]    = sum_k P_k                           expected accepted length, in [0, K]
     s_k     = m_k P_{k-1}  (P_0 = 1)              P(position k is reached), "survival"
     KL_k    = sum_v p_k(v) (log p_k(v) - log q_k(v))        forward KL, per position
+    KL_k^T  = the same between softmax(target_k / T) and softmax(draft_k / T)
 
 a_k is the probability that position k is accepted under greedy (T = 0) verification when
 the drafter samples its token from q_k; with greedy drafting the event is
@@ -27,9 +28,12 @@ argmax q_k == t_k (the `top1` metric). The product form is exact on the chain th
 the drafter predicts all K positions in one pass from the anchor (they do not condition on
 each other), and the chain only continues while the drafted tokens equal t_k, i.e. the
 target's greedy continuation, which is the training response when the labels were generated
-by the target at T = 0 (as in the reference recipe). Pooled acceptance length is reported as
+by the target at T = 0 (as in the reference recipe). Acceptance length is reported as
 tau = E[N] + 1: one verify cycle also yields the target's own next token (reference 004:
-"pooled acceptance tau = E[n]+1").
+"pooled acceptance tau = E[n]+1"). Here it is the teacher-forced mean over training blocks,
+not the pooled figure of a decoding run, and its ceiling is K + 1 = B; reference 004 writes
+"ceiling = B+1 = 17" for B16, which would count B drafted tokens, not the B - 1 that a block
+[anchor, mask x (B-1)] drafts: we follow the block layout.
 
 Losses: l_b per block b, loss = sum_b l_b / num_blocks (num_blocks default N; pass the block
 count of the whole step so micro-batches add up to the full batch exactly). sg = stop-gradient.
@@ -48,9 +52,8 @@ Diffusion for Flash Speculative Decoding", arXiv 2602.06036):
   decay-gamma=7" at B16. The position decay w_k = exp(-(k-1)/gamma) is DFlash's loss weight;
   its recommended gamma is 7 for B = 16, 5 for B = 10, 4 for B = 8 (the paper's setting, also
   SpecForge's DFlash training script comment), about B/2: see `decay_gamma`. gamma = inf
-  gives uniform weights. alpha mixes in
-  the hard-label CE on t_k, which is DFlash's own loss when the labels are the target's greedy
-  tokens; alpha = 0 is the recipe. The reference uses no temperature: T defaults to 1;
+  gives uniform weights. alpha mixes in the hard-label CE on t_k, which is DFlash's own loss
+  when the labels are the target's greedy tokens; alpha = 0 is the recipe. The reference uses no temperature: T defaults to 1;
   T != 1 is Hinton-style (both sides softened, times T^2 so gradients keep their scale), and
   the CE term stays at T = 1.
 - eal: reference 004, M1.5: "EAL (Expected-Acceptance-Length; uniform KL position weight)",
@@ -59,9 +62,11 @@ Diffusion for Flash Speculative Decoding", arXiv 2602.06036):
   the acceptance reward)". So the loss is -E[N] directly (not -log E[N]) plus the forward KL
   with uniform position weights. The reference gives no relative weight: eal_coef = kl_coef
   = 1 per block (both terms are sums over positions, so they have the same scale in K).
-  The KL term is not decoration: dE[N]/d log a_k = W_k vanishes for deep positions while the
-  early ones are poor, so -E[N] alone learns slowly from a cold draft (eal_coef=1, kl_coef=0
-  gives it).
+  Why keep the KL: the gradient of E[N] on position k is W_k <= (K - k + 1) P_k, tiny for
+  deep positions while the early ones are poor, and its optimum is q_k collapsed onto t_k.
+  In the free-logits test (tests/objectives/test_distill.py) pure -E[N] (eal_exact) reaches
+  E[N] ~ K at KL ~ 1.8 nats a position; eal keeps KL ~ 0.15 and still beats kd's E[N]
+  (which stops at the target's own sum_k prod_j p_j(t_j)). eal_coef=1, kl_coef=0 is pure -E[N].
 - survival_eal: reference 004, M1.6: "EAL + KL position weights scaled by each position's
   survival probability (chance the block is still accepted at that depth)". Same -E[N]
   term; the KL weights are s_k, detached (a weight, not a path for gradient). eal_coef = 0
@@ -83,15 +88,19 @@ chunks of `chunk_positions` (default 1024): per chunk it computes log q and log 
 KL_k (a batched dot product), log a_k (a gather) and the two argmaxes, and drops them.
 It saves only its inputs (no copies) for backward, which recomputes q and p per chunk and
 writes d loss / d draft_logits in place. So the extra memory is about two (C, V) fp32
-buffers (four with T != 1, three in backward), independent of N K; the only (N, K, V)
+buffers (up to four with T != 1), independent of N K; the only (N, K, V)
 tensor created is the gradient, in the draft's dtype. (A non-contiguous input is copied
 once by the reshape to (N K, V).) Padding positions are computed and discarded rather than
-compacted away, which would need a host sync. benchmarks/distill_memory.py measures it.
+compacted away, which would need a host sync. benchmarks/distill_memory.py measures it
+(docs/benchmarks.md): at V = 151,936 the memory beyond the gradient stays at ~2 (C, V)
+buffers as N K grows, where plain autograd holds ~3 (N K, V) tensors. Fusing the drafter's
+LM head into this function (as models/logprobs.py does) would also drop the (N K, V) logits
+and their gradient; that needs the hidden states instead of logits (not done).
 
 Metrics (detached, 0-dim): `loss`; the weighted parts `loss/kl` (kd, eal, survival_eal),
 `loss/ce` (kd with alpha > 0), `loss/eal` (eal, survival_eal: -eal_coef E[N]), each
-sum_b / num_blocks, adding up to `loss`; `kl` (mean KL_k at T = 1 per valid position); `top1` (fraction of
-valid positions with argmax q_k == t_k); `accept/a_mean` (mean a_k over valid positions);
+sum_b / num_blocks, adding up to `loss`; `kl` (mean KL_k at T = 1 per valid position);
+`top1` (fraction of valid positions with argmax q_k == t_k); `accept/a_mean` (mean a_k over valid positions);
 `accept/a_first`, `accept/a_last` (mean a_k at k = 1 and k = K over blocks valid there);
 `accept/expected_len` (mean E[N] per block), `accept/tau_expected` (= expected_len + 1);
 `accept/greedy_len` (mean accepted length per block with greedy drafting: leading positions
@@ -206,6 +215,7 @@ def _row_grad(z: Tensor, y: Tensor, tgt: Tensor, g_kl: Tensor, g_la: Tensor,
     g = torch.softmax(z, dim=-1, dtype=dt)  # (C, V) q
     p = torch.softmax(y, dim=-1, dtype=dt)  # (C, V) p
     g.mul_((g_kl - g_la)[:, None]).sub_(p.mul_(g_kl[:, None]))
+    del p
     g.scatter_add_(-1, tgt[:, None], g_la[:, None])
     if g_klt is not None:
         T = temperature
@@ -219,7 +229,7 @@ class _ChunkedBlockTerms(torch.autograd.Function):
     """(draft (R, V), target (R, V), valid (R,)) -> KL, log a, T^2 KL^T (R,) with gradient to
     draft; target argmax, draft argmax (R,) without. R = N K rows, walked in chunks: nothing of
     size (R, V) is built but the gradient itself. Saved for backward: the two inputs (no
-    copies) and the target argmax. Rows with valid = 0 give 0 and get a 0 gradient, even
+    copies) and the target argmax. Autocast is off inside: every op runs in fp32 (or fp64). Rows with valid = 0 give 0 and get a 0 gradient, even
     when their logits are NaN or inf (padding is never read)."""
 
     @staticmethod
@@ -229,14 +239,15 @@ class _ChunkedBlockTerms(torch.autograd.Function):
         klt = draft.new_zeros(R, dtype=dt) if temperature != 1.0 else None
         tgt = torch.zeros(R, dtype=torch.long, device=draft.device)
         dmax = torch.zeros(R, dtype=torch.long, device=draft.device)
-        for s in range(0, R, chunk):
-            e = min(s + chunk, R)
-            k, a, kt, t, d = _row_terms(draft[s:e], target[s:e], dt, temperature)
-            v = valid[s:e]
-            kl[s:e], la[s:e] = torch.where(v, k, 0.0), torch.where(v, a, 0.0)
-            if klt is not None:
-                klt[s:e] = torch.where(v, kt, 0.0)
-            tgt[s:e], dmax[s:e] = t, d
+        with torch.autocast(draft.device.type, enabled=False):  # bmm in bf16 would cost ~1e-3
+            for s in range(0, R, chunk):
+                e = min(s + chunk, R)
+                k, a, kt, t, d = _row_terms(draft[s:e], target[s:e], dt, temperature)
+                v = valid[s:e]
+                kl[s:e], la[s:e] = torch.where(v, k, 0.0), torch.where(v, a, 0.0)
+                if klt is not None:
+                    klt[s:e] = torch.where(v, kt, 0.0)
+                tgt[s:e], dmax[s:e] = t, d
         ctx.save_for_backward(draft, target, valid, tgt)
         ctx.temperature, ctx.chunk, ctx.dt = temperature, chunk, dt
         ctx.mark_non_differentiable(tgt, dmax)
@@ -248,12 +259,13 @@ class _ChunkedBlockTerms(torch.autograd.Function):
         draft, target, valid, tgt = ctx.saved_tensors
         grad = torch.empty_like(draft)  # (R, V) in the draft's dtype
         dt, R = ctx.dt, draft.shape[0]
-        for s in range(0, R, ctx.chunk):
-            e = min(s + ctx.chunk, R)
-            gk = g_kl[s:e].to(dt)
-            g = _row_grad(draft[s:e], target[s:e], tgt[s:e], gk, g_la[s:e].to(dt),
-                          None if g_klt is None else g_klt[s:e].to(dt), dt, ctx.temperature)
-            grad[s:e] = g.masked_fill_(~valid[s:e, None], 0.0)
+        with torch.autocast(draft.device.type, enabled=False):
+            for s in range(0, R, ctx.chunk):
+                e = min(s + ctx.chunk, R)
+                g = _row_grad(draft[s:e], target[s:e], tgt[s:e], g_kl[s:e].to(dt),
+                              g_la[s:e].to(dt), None if g_klt is None else g_klt[s:e].to(dt),
+                              dt, ctx.temperature)
+                grad[s:e] = g.masked_fill_(~valid[s:e, None], 0.0)
         return grad, None, None, None, None
 
 
