@@ -18,23 +18,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .config import RECIPES, ConfigError, ModelConfig, load_recipe
+from .config import RECIPES, ConfigError, ModelConfig, find_recipe, load_recipe
 
-RECIPE_DIR = Path(__file__).parent / "recipes"
 console = Console(stderr=True)
 log = logging.getLogger("posttrain")
-
-
-def find_recipe(name: str) -> Path:
-    """A recipe path as given, or the name of one shipped with posttrain (tiny-sft)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    shipped = RECIPE_DIR / (name if name.endswith(".yaml") else name + ".yaml")
-    if shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(f.stem for f in RECIPE_DIR.glob("*.yaml")))
-    raise ConfigError(f"recipe file not found: {name} (shipped recipes: {known})")
 
 
 def _stage_args(p: argparse.ArgumentParser) -> None:

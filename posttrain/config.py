@@ -24,6 +24,21 @@ class ConfigError(ValueError):
     """A recipe problem a user can fix; the message names the key and what to do."""
 
 
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+def find_recipe(name: str, what: str = "recipe file") -> Path:
+    """A recipe path as given, or the name of one shipped with posttrain (tiny-sft)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = RECIPE_DIR / (name if name.endswith(".yaml") else name + ".yaml")
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(f.stem for f in RECIPE_DIR.glob("*.yaml")))
+    raise ConfigError(f"{what} not found: {name} (shipped recipes: {known})")
+
 # --------------------------------------------------------------------------- concerns
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import ConfigError, DistillRecipe, DistillStage, load_recipe, to_dict
+from ..config import ConfigError, DistillRecipe, DistillStage, find_recipe, load_recipe, to_dict
 from ..data.sources import load_source, load_sources
 from ..models.load import load_model, load_tokenizer
 from ..models.tiny import cache_dir
@@ -47,20 +47,6 @@ from . import dist
 from .loop import BatchStream, LoopResult, seed_everything, start_run, train_loop
 
 log = logging.getLogger("posttrain")
-RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
-
-
-# --------------------------------------------------------------------------- target
-
-
-def _find_recipe(name: str) -> Path:
-    p = Path(name)
-    if p.is_file():
-        return p
-    shipped = RECIPE_DIR / (name if name.endswith(".yaml") else name + ".yaml")
-    if shipped.is_file():
-        return shipped
-    raise ConfigError(f"target_sft: recipe not found: {name}")
 
 
 def ensure_target(recipe: DistillRecipe) -> str:
@@ -69,7 +55,7 @@ def ensure_target(recipe: DistillRecipe) -> str:
         return recipe.model.path
     from ..config import SFTRecipe
     from .sft import run_sft
-    sft = load_recipe(SFTRecipe, _find_recipe(recipe.target_sft),
+    sft = load_recipe(SFTRecipe, find_recipe(recipe.target_sft, "target_sft: recipe"),
                       [f"model.path={recipe.model.path}", *recipe.target_sft_overrides])
     sft.train.progress = recipe.train.progress
     from ..models.tiny import resolve_builtin
