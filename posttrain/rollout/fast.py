@@ -4,7 +4,8 @@
 transformers forward call costs about 1.5 ms of fixed Python and dispatch overhead before
 any arithmetic (docs/benchmarks.md, RL step profile), and decoding L tokens is L calls.
 This engine runs the same math with the HF module's own parameters (no copy of the model;
-the weights it reads are the live ones) in a hand-written functional forward:
+the weights it reads are the live ones) in a hand-written functional forward (its pieces
+are in `models/qwen3.py`, shared with the update's shared-prompt forward):
 
     x  = embed(ids)                                                    (B, S, H)
     per layer:
@@ -24,6 +25,9 @@ change after every update), so the copy follows the trained weights. Sampling is
 engine draws, so a seeded run gives the same tokens as `rollout.engine: hf` (tested, up to
 the float rounding of a different matmul blocking) and resume stays exact.
 
+The n completions of a prompt share its prefill: each distinct prompt of a batch is
+prefilled once and its cache rows copied to its n rows.
+
 Finished rows stay in the batch (they cost a row of arithmetic, not a call) until fewer
 than 3/4 of the rows are live, then the cache is compacted to the live rows.
 
@@ -36,13 +40,13 @@ and why not.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from posttrain.models.qwen3 import Qwen3Weights, rms, unsupported_reason
 from posttrain.rollout.base import ENGINES, Rollout, SamplingParams
 from posttrain.rollout.hf import HFEngine, sample_next
 
@@ -53,95 +57,10 @@ COMPACT_BELOW = 0.75
 rows are live; until then finished rows ride along (cheaper than copying the cache)."""
 
 
-def unsupported_reason(model: nn.Module) -> str | None:
-    """None when the fast path computes exactly what the HF model does; else why not."""
-    cfg = getattr(model, "config", None)
-    if type(model).__name__ != "Qwen3ForCausalLM" or getattr(cfg, "model_type", None) != "qwen3":
-        return f"{type(model).__name__} is not a dense Qwen3ForCausalLM"
-    if hasattr(model, "peft_config"):
-        return "PEFT adapters"
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        return f"rope_type {rope.get('rope_type')!r}"
-    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])) or getattr(
-            cfg, "use_sliding_window", False):
-        return "sliding-window attention"
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        return f"hidden_act {cfg.hidden_act!r}"
-    inner = model.model
-    linears = [m for layer in inner.layers for m in (
-        layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)] + [model.lm_head]
-    if any(type(m) is not nn.Linear for m in linears):
-        return "a projection is not a plain nn.Linear (quantised or adapted)"
-    return None
-
-
-def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """Qwen3RMSNorm: weight * (x / sqrt(mean(x^2) + eps)), computed in fp32."""
-    dt = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dt)
-
-
-@dataclass
-class _Layer:
-    w_in: Tensor  # (H,) input_layernorm
-    w_qkv: Tensor  # ((nh + 2 nkv) hd, H)
-    b_qkv: Tensor | None
-    w_qk_norm: Tensor  # (nh + nkv, hd): q_norm rows then k_norm rows
-    w_o: Tensor
-    b_o: Tensor | None
-    w_post: Tensor  # (H,) post_attention_layernorm
-    w_gu: Tensor  # (2 I, H)
-    w_down: Tensor
-
-
-class _Weights:
-    """The model's parameters in the layout the lean forward reads (fused where it helps)."""
-
-    def __init__(self, model: nn.Module):
-        cfg, inner = model.config, model.model
-        self.eps = cfg.rms_norm_eps
-        self.nh, self.nkv = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.nh
-        self.embed, self.norm, self.head = inner.embed_tokens.weight, inner.norm.weight, model.lm_head
-        self.inv_freq = inner.rotary_emb.inv_freq
-        self.scale = self.hd ** -0.5  # Qwen3Attention.scaling
-        self.scaling = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
-        self.layers = []
-        for layer in inner.layers:
-            a, m = layer.self_attn, layer.mlp
-            biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
-            self.layers.append(_Layer(
-                w_in=layer.input_layernorm.weight,
-                w_qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                b_qkv=torch.cat(biases) if biases[0] is not None else None,
-                w_qk_norm=torch.cat([a.q_norm.weight.expand(self.nh, -1), a.k_norm.weight.expand(self.nkv, -1)]),
-                w_o=a.o_proj.weight, b_o=a.o_proj.bias, w_post=layer.post_attention_layernorm.weight,
-                w_gu=torch.cat([m.gate_proj.weight, m.up_proj.weight]), w_down=m.down_proj.weight))
-        hd = self.hd
-        rot = torch.zeros(hd, hd, dtype=self.embed.dtype, device=self.embed.device)
-        half = hd // 2
-        idx = torch.arange(half, device=rot.device)
-        rot[idx + half, idx] = -1.0  # rot(x)[:half] = -x[half:]
-        rot[idx, idx + half] = 1.0  # rot(x)[half:] = x[:half]
-        self.rot = rot  # x @ rot == rotate_half(x), exactly (one +-1 term per output)
-
-    def rope_tables(self, n_pos: int) -> tuple[Tensor, Tensor]:
-        """(n_pos, hd) cos and sin, as Qwen3RotaryEmbedding computes them (fp32, then the dtype)."""
-        pos = torch.arange(n_pos, device=self.inv_freq.device, dtype=torch.float)
-        freqs = pos[:, None] * self.inv_freq.float()[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        dt = self.embed.dtype
-        return (emb.cos() * self.scaling).to(dt), (emb.sin() * self.scaling).to(dt)
-
-
 class _Decoder:
     """One batch: static KV cache of (rows, nkv, prompt + max_new, hd) per layer."""
 
-    def __init__(self, w: _Weights, rows: int, max_len: int, device):
+    def __init__(self, w: Qwen3Weights, rows: int, max_len: int, device):
         self.w = w
         dt = w.embed.dtype
         self.k = [torch.zeros(rows, w.nkv, max_len, w.hd, dtype=dt, device=device) for _ in w.layers]
@@ -162,14 +81,11 @@ class _Decoder:
         end = start + S
         x = F.embedding(ids, w.embed)  # (B, S, H)
         cos, sin = self.cos[pos][:, :, None, :], self.sin[pos][:, :, None, :]  # (B, S, 1, hd)
-        nqk = (nh + nkv) * hd
         for li, L in enumerate(w.layers):
-            qkv = F.linear(_rms(x, L.w_in, w.eps), L.w_qkv, L.b_qkv)  # (B, S, (nh + 2 nkv) hd)
-            qk = _rms(qkv[..., :nqk].reshape(B, S, nh + nkv, hd), L.w_qk_norm, w.eps)
-            qk = qk * cos + (qk @ w.rot) * sin  # RoPE on q and k at once
-            q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, S, hd)
-            self.k[li][:, :, start:end] = qk[:, :, nh:].transpose(1, 2)
-            self.v[li][:, :, start:end] = qkv[..., nqk:].reshape(B, S, nkv, hd).transpose(1, 2)
+            q, k, v = w.qkv(L, x, cos, sin)  # (B, S, heads, hd)
+            q = q.transpose(1, 2)  # (B, nh, S, hd)
+            self.k[li][:, :, start:end] = k.transpose(1, 2)
+            self.v[li][:, :, start:end] = v.transpose(1, 2)
             kc, vc = self.k[li][:, :, :end], self.v[li][:, :, :end]  # (B, nkv, end, hd)
             if S == 1:  # decode: plain batched matmuls (the CPU SDPA kernel is slow at q_len 1)
                 qg = q.reshape(B, nkv, nh // nkv, hd)  # GQA: the query heads of each kv head
@@ -179,10 +95,8 @@ class _Decoder:
             else:
                 att = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=nh != nkv)
             x = x + F.linear(att.transpose(1, 2).reshape(B, S, nh * hd), L.w_o, L.b_o)
-            gu = F.linear(_rms(x, L.w_post, w.eps), L.w_gu)  # (B, S, 2 I)
-            g, u = gu.chunk(2, dim=-1)
-            x = x + F.linear(F.silu(g) * u, L.w_down)
-        h = _rms(x[:, -1], w.norm, w.eps)  # (B, H)
+            x = x + w.mlp(L, x)
+        h = rms(x[:, -1], w.norm, w.eps)  # (B, H)
         return F.linear(h, w.head.weight, w.head.bias)
 
 
@@ -196,16 +110,17 @@ class FastEngine(HFEngine):
 
     @staticmethod
     def supports(model) -> str | None:
-        return unsupported_reason(model)
+        return unsupported_reason(model, training=False)
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int = 1) -> Rollout:
-        why = unsupported_reason(self.model) or ("stop strings" if params.stop else None)
+        why = unsupported_reason(self.model, training=False) or ("stop strings" if params.stop else None)
         if why is not None:
             if not self._warned:
                 log.info("rollout.engine=fast: %s; using the hf decode path", why)
                 self._warned = True
             return super().generate(prompts, params, n)
-        self._weights = _Weights(self.model)  # per call: the weights change after each update
+        with torch.no_grad():  # per call: the weights change after each update
+            self._weights = Qwen3Weights(self.model)
         try:
             return super().generate(prompts, params, n)
         finally:
@@ -228,13 +143,24 @@ class FastEngine(HFEngine):
         key_bias = torch.zeros(key_ok.shape, dtype=w.embed.dtype, device=device).masked_fill_(
             ~key_ok, float("-inf"))  # (B, slots) additive mask of the decode steps
         pos = (key_ok[:, :L].long().cumsum(-1) - 1).clamp(min=0)  # (B, L), as the HF engine
-        dec = _Decoder(w, B, L + T, device)
+        # the n completions of a prompt share its prefill: run each distinct prompt once,
+        # then copy its cache rows (the group's rows are identical up to here)
+        first: dict[tuple[int, ...], int] = {}
+        owner = [first.setdefault(tuple(p), b) for b, p in enumerate(prompts)]
+        uniq = sorted(set(owner))
+        U = len(uniq)
+        dec = _Decoder(w, U, L + T, device)
         # prefill mask: causal, padding keys off; a padding query sees itself (no empty row,
         # so no NaN reaches the cache; its output is never read)
         causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
         eye = torch.eye(L, dtype=torch.bool, device=device)
-        mask = (causal[None] & key_ok[:, None, :L]) | eye[None]  # (B, L, L)
-        logits = dec.forward(ids, pos, 0, mask[:, None])
+        u_idx = torch.tensor(uniq, device=device)
+        mask = (causal[None] & key_ok[u_idx, None, :L]) | eye[None]  # (U, L, L)
+        logits = dec.forward(ids[u_idx], pos[u_idx], 0, mask[:, None])
+        if U < B:
+            expand = torch.tensor([uniq.index(o) for o in owner], device=device)  # (B,) row -> prefill row
+            dec.select(expand)
+            logits = logits.index_select(0, expand)
         next_pos = pos[:, -1] + 1  # (B,)
         end_ids = torch.tensor(ends, dtype=torch.long, device=device)
         out_tok = torch.zeros((B, T), dtype=torch.long, device=device)

@@ -50,7 +50,7 @@ from ..data.chat import IGNORE, tokenize_prompt
 from ..data.example import Example
 from ..data.sources import load_sources
 from ..models.load import count_parameters, load_model, load_tokenizer
-from ..models.logprobs import model_token_logprobs
+from ..models.prefix import batch_token_logprobs
 from ..objectives import policy_loss
 from ..objectives.loss import objective_normalisers, objective_params
 from ..rewards import RewardSet
@@ -115,7 +115,8 @@ def build_batch(prompts: list[list[int]], completions: list[list[int]], engine_l
     labels[t] is the token at t + 1 on completion positions (IGNORE elsewhere), the
     alignment `model_token_logprobs(labels=...)` takes; `mask` marks the positions that
     enter the loss (completion tokens of rows in `train_rows`); `rollout_logp` holds the
-    engine's log-probs at the same positions.
+    engine's log-probs at the same positions; `prompt_len` (N,) lets rows with the same
+    prompt share its forward (`models.prefix`).
     """
     N = len(prompts)
     T = max(len(p) + len(c) for p, c in zip(prompts, completions))
@@ -123,6 +124,7 @@ def build_batch(prompts: list[list[int]], completions: list[list[int]], engine_l
     attention_mask = torch.zeros((N, T), dtype=torch.long)
     labels = torch.full((N, T), IGNORE, dtype=torch.long)
     rollout_logp = torch.zeros((N, T), dtype=torch.float32)
+    prompt_len = torch.tensor([len(p) for p in prompts], dtype=torch.long)
     for i, (p, c) in enumerate(zip(prompts, completions)):
         P, C = len(p), len(c)
         input_ids[i, :P + C] = torch.tensor(p + c, dtype=torch.long)
@@ -132,7 +134,7 @@ def build_batch(prompts: list[list[int]], completions: list[list[int]], engine_l
             rollout_logp[i, P - 1:P + C - 1] = torch.tensor(engine_logp[i], dtype=torch.float32)
     mask = (labels != IGNORE) & torch.tensor(train_rows, dtype=torch.bool)[:, None]
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "mask": mask, "rollout_logp": rollout_logp, "advantages": advantages.float()}
+            "mask": mask, "rollout_logp": rollout_logp, "advantages": advantages.float(), "prompt_len": prompt_len}
 
 
 def _rows(batch: dict, idx: torch.Tensor, device) -> dict:
@@ -497,9 +499,9 @@ def _micro_step(ctx: RLContext, b: dict, old_logp, ref_logp, micro, norms, stats
                else contextlib.nullcontext())
     with session:
         with ctx.amp():
-            logp, entropy = model_token_logprobs(
-                ctx.model, b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
-                chunk_size=tc.logprob_chunk, temperature=_temperature(recipe.rollout), with_entropy=True)
+            logp, entropy = batch_token_logprobs(
+                ctx.model, b, share_prompts=recipe.rl.share_prompts, chunk_size=tc.logprob_chunk,
+                temperature=_temperature(recipe.rollout), with_entropy=True)
         used = ctx.routing.take().view(*b["input_ids"].shape, -1, ctx.routing.top_k) if ctx.routing else None
         old = old_logp[micro][:, :logp.shape[1]].to(ctx.device) if old_logp is not None else logp.detach()
         ref = ref_logp[micro][:, :logp.shape[1]].to(ctx.device) if ref_logp is not None else None
@@ -553,10 +555,9 @@ def _score(ctx: RLContext, batch: dict, model, replay: str | None = None,
                 session = (routing.session(replay=b[replay] if replay else None) if routing is not None
                            else contextlib.nullcontext())
                 with session, ctx.amp():
-                    logp, _ = model_token_logprobs(
-                        use, b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"],
-                        chunk_size=tc.logprob_chunk, temperature=_temperature(ctx.recipe.rollout),
-                        with_entropy=False)
+                    logp, _ = batch_token_logprobs(
+                        use, b, share_prompts=ctx.recipe.rl.share_prompts, chunk_size=tc.logprob_chunk,
+                        temperature=_temperature(ctx.recipe.rollout), with_entropy=False)
                     if capture and routing is not None:
                         t = b["input_ids"].shape[1]
                         batch[capture][idx, :t] = routing.take().view(len(idx), t, -1, routing.top_k)

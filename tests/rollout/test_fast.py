@@ -108,3 +108,17 @@ def test_moe_and_stop_strings_fall_back_to_the_hf_path(tmp_path, tiny):
     stop = SamplingParams(temperature=1.0, max_new_tokens=8, stop=("}",))
     hf, fast = _both(model, tok, prompts[:2], stop, n=2)
     _assert_same(hf, fast)
+
+
+def test_the_completions_of_a_prompt_share_one_prefill(tiny, monkeypatch):
+    """5 prompts x 3 completions: the prefill forward runs on 5 rows, then decodes 15, and the
+    tokens are the HF engine's (which prefills all 15)."""
+    model, tok, prompts = tiny
+    rows = []
+    real = fast_mod._Decoder.forward
+    monkeypatch.setattr(fast_mod._Decoder, "forward",
+                        lambda self, ids, *a: (rows.append(tuple(ids.shape)), real(self, ids, *a))[1])
+    hf, fast = _both(model, tok, prompts, SamplingParams(temperature=1.0, max_new_tokens=6), n=3)
+    _assert_same(hf, fast)
+    prefill = [r for r in rows if r[1] > 1]
+    assert [r[0] for r in prefill] == [5] and rows[1][0] == 15

@@ -163,3 +163,25 @@ def test_no_reference_without_beta(tiny_path, tmp_path):
     from posttrain.train.rl import setup
     ctx, _, _ = setup(recipe(f"model.path={tiny_path}"), tmp_path, resume=False)
     assert ctx.reference is None
+
+
+def test_the_shared_prompt_update_equals_the_plain_one(tiny_path, tmp_path):
+    """rl.share_prompts (each prompt's forward once, models/prefix.py) changes the work, not
+    the step: the same loss, gradient norm and updated weights as the plain forward."""
+    runs = {}
+    for share in (True, False):
+        out = tmp_path / str(share)
+        run_rl(recipe(f"model.path={tiny_path}", "train.max_steps=1", f"rl.share_prompts={str(share).lower()}"),
+               out)
+        runs[share] = (read_metrics(out)[0], load_file(str(out / "final" / "model.safetensors")))
+    (m_s, w_s), (m_p, w_p) = runs[True], runs[False]
+    assert m_s["loss"] == pytest.approx(m_p["loss"], rel=1e-5, abs=1e-7)
+    assert m_s["grad_norm"] == pytest.approx(m_p["grad_norm"], rel=1e-4)
+    before = load_file(str(Path(tiny_path) / "model.safetensors"))
+    assert any(not torch.equal(before[k], w_s[k]) for k in before)
+    # Adam's first step moves each weight by about lr * g / (|g| + eps), so a weight whose
+    # gradient is at float-rounding level moves by a rounding-dependent share of lr: compare
+    # the update as a whole, not element by element
+    d_s = torch.cat([(w_s[k] - before[k]).flatten() for k in before])
+    d_p = torch.cat([(w_p[k] - before[k]).flatten() for k in before])
+    assert (d_s - d_p).norm() / d_p.norm() < 1e-3
