@@ -54,7 +54,9 @@ def unsupported_reason(model: nn.Module, training: bool | None = None) -> str | 
 
 
 def rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """Qwen3RMSNorm: weight * (x / sqrt(mean(x^2) + eps)), computed in fp32."""
+    """Qwen3RMSNorm: weight * (x / sqrt(mean(x^2) + eps)), computed in fp32, in Qwen3's
+    order of ops: torch's `F.rms_norm` is a little faster on CPU but rounds differently,
+    and a seeded rollout would no longer draw the HF engine's tokens."""
     dt = x.dtype
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)

@@ -81,6 +81,9 @@ class _Decoder:
         end = start + S
         x = F.embedding(ids, w.embed)  # (B, S, H)
         cos, sin = self.cos[pos][:, :, None, :], self.sin[pos][:, :, None, :]  # (B, S, 1, hd)
+        g = nh // nkv  # GQA: the query heads of each kv head
+        if S == 1:  # the additive mask (B, 1, 1, end), 0 or -inf at padding, per (row, kv head)
+            bias = mask.expand(B, nkv, g, end).reshape(B * nkv, g, end)
         for li, L in enumerate(w.layers):
             q, k, v = w.qkv(L, x, cos, sin)  # (B, S, heads, hd)
             q = q.transpose(1, 2)  # (B, nh, S, hd)
@@ -88,10 +91,10 @@ class _Decoder:
             self.v[li][:, :, start:end] = v.transpose(1, 2)
             kc, vc = self.k[li][:, :, :end], self.v[li][:, :, :end]  # (B, nkv, end, hd)
             if S == 1:  # decode: plain batched matmuls (the CPU SDPA kernel is slow at q_len 1)
-                qg = q.reshape(B, nkv, nh // nkv, hd)  # GQA: the query heads of each kv head
-                scores = (qg @ kc.transpose(-1, -2)) * w.scale  # (B, nkv, nh / nkv, end)
-                scores = scores + mask  # (B, 1, 1, end) additive: 0, or -inf at padding
-                att = (torch.softmax(scores, dim=-1) @ vc).reshape(B, nh, 1, hd)
+                qg = q.reshape(B * nkv, g, hd)
+                # scale * q k^T + mask in one op
+                scores = torch.baddbmm(bias, qg, kc.reshape(B * nkv, end, hd).transpose(1, 2), alpha=w.scale)
+                att = torch.bmm(torch.softmax(scores, dim=-1), vc.reshape(B * nkv, end, hd)).view(B, nh, 1, hd)
             else:
                 att = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=nh != nkv)
             x = x + F.linear(att.transpose(1, 2).reshape(B, S, nh * hd), L.w_o, L.b_o)
