@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .aggregate import AGGREGATIONS, aggregate
+from .aggregate import AGGREGATIONS
 from .kl import KL_ESTIMATORS, kl_estimate
 from .masks import entropy_mask
 from .policy import POLICY_LOSSES, SURROGATES, PolicyObjective
@@ -59,6 +59,11 @@ MODIFIERS: Mapping[str, tuple[Any, str]] = {
     "mismatch_cap": (2.0, "C of the `*_truncate` modes"),
     "mismatch_bounds": ((0.5, 2.0), "(lo, hi) of the `*_mask` modes"),
 }
+
+
+def _as(t: Tensor, dt: torch.dtype) -> Tensor:
+    """t in dtype dt; t itself when it already is (skips a dispatch of `.to`)."""
+    return t if t.dtype == dt else t.to(dt)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,52 @@ def _reject_unknown(name: str, obj: PolicyObjective, params: Mapping[str, Any]) 
             hint = f"did you mean {close[0]!r}?" if close else "no close match"
         raise TypeError(f"policy objective {name!r} has no parameter {key!r} ({hint}); "
                         f"it takes: {', '.join(allowed)}")
+
+
+_NORMALISERS = ("num_tokens", "num_seqs", "max_completion_len")
+_RESOLVED: dict[tuple, tuple] = {}
+_ZEROS: dict[tuple, Tensor] = {}
+
+
+def _resolve(name: str, params: Mapping[str, Any], *, ref_logp, rollout_logp, entropy):
+    """(objective, surrogate, surrogate params, modifiers), validated, for these settings.
+
+    The checks are pure functions of the names and values of the settings (normalisers:
+    only whether they are given) and of which optional inputs are present, so the result is
+    cached per distinct settings: a training run calls with the same ones every step, and
+    the Python checks are most of a call's fixed cost (benchmarks/objectives.py). Callers
+    must not mutate what it returns."""
+    try:
+        key = (name, tuple(sorted((k, (v is None) if k in _NORMALISERS else v) for k, v in params.items())),
+               ref_logp is None, rollout_logp is None, entropy is None)
+        hit = _RESOLVED.get(key)
+    except TypeError:  # an unhashable value (a list, say): check without caching
+        key, hit = None, None
+    if hit is None:
+        obj = POLICY_LOSSES.get(name)
+        _reject_unknown(name, obj, params)
+        sur = SURROGATES.get(obj.surrogate)
+        sp = {**obj.defaults(), **{k: v for k, v in params.items() if k in obj.defaults()}}
+        sur.check(sp)
+        m, _ = _check_modifiers(name, obj, params, ref_logp=ref_logp, rollout_logp=rollout_logp, entropy=entropy)
+        # the registry entries the call reads, looked up once
+        m = {**m, "_ratio": RATIOS.get(obj.ratio).fn, "_agg": AGGREGATIONS.get(m["aggregation"]).fn,
+             "_mismatch_level": MISMATCH_MODES.get(m["mismatch"]).level}
+        hit = (obj, sur, sp, m)
+        if key is not None:
+            if len(_RESOLVED) > 256:
+                _RESOLVED.clear()
+            _RESOLVED[key] = hit
+    return hit
+
+
+def _zero(dt: torch.dtype, device) -> Tensor:
+    """A cached 0-dim zero (read-only) for `where`."""
+    key = (dt, str(device))
+    z = _ZEROS.get(key)
+    if z is None:
+        z = _ZEROS[key] = torch.zeros((), dtype=dt, device=device)
+    return z
 
 
 def _check_modifiers(name, obj, params, *, ref_logp, rollout_logp, entropy):
@@ -161,20 +212,14 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
 
     metrics=False skips every metric but loss/policy (and loss/kl, loss/entropy): the loss
     and its gradient are the same, with fewer tensor ops (benchmarks/objectives.py)."""
-    obj = POLICY_LOSSES.get(name)
-    _reject_unknown(name, obj, params)
-    sur = SURROGATES.get(obj.surrogate)
-    sp = {**obj.defaults(), **{k: v for k, v in params.items() if k in obj.defaults()}}
-    sur.check(sp)
+    obj, sur, sp, m = _resolve(name, params, ref_logp=ref_logp, rollout_logp=rollout_logp, entropy=entropy)
+    norms = {k: params[k] for k in _NORMALISERS if k in params}
     _check_shapes(logp, mask, advantages, old_logp=old_logp, rollout_logp=rollout_logp,
                   ref_logp=ref_logp, entropy=entropy)
-    m, norms = _check_modifiers(name, obj, params, ref_logp=ref_logp, rollout_logp=rollout_logp,
-                                entropy=entropy)
-    agg = m["aggregation"]
 
     dt = torch.promote_types(logp.dtype, torch.float32)
     valid = mask.bool()  # (B, T)
-    zero = torch.zeros((), dtype=dt, device=logp.device)
+    zero = _zero(dt, logp.device)
     # Every term is finite at padding once the inputs are cleaned (log-ratio 0, so ratio and
     # weights 1 there), so aggregation and metrics weight by the 0/1 mask instead of `where`.
     weight = valid.view(torch.uint8).to(dt)  # (B, T) 0/1; uint8 -> float is the fast cast
@@ -185,25 +230,29 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         read, and the gradient at padding is exactly 0."""
         if t is None:
             return None
-        t = t.detach() if detach else t
-        return torch.where(valid, t.to(dt), zero)
+        return torch.where(valid, _as(t.detach() if detach else t, dt), zero)
 
-    # The ratio levels mask the log-ratio themselves (where(valid, logp - old, 0)), so the
-    # raw inputs go in; logp is cleaned only where a term multiplies by it.
-    raw_logp, old = logp.to(dt), old_logp.detach().to(dt)
+    # log pi_theta / pi_old with padding 0, and logp cleaned where a term multiplies by it:
+    # one `where` per input (a `where` costs ~5x a multiplication on CPU), the difference
+    # of cleaned inputs needs none
+    raw_logp, old = _as(logp, dt), _as(old_logp.detach(), dt)
     needs_logp = sur.uses_logp or ref_logp is not None
-    logp = clean(raw_logp, detach=False) if needs_logp else None
-    adv = advantages.detach().to(dt)
+    if needs_logp:
+        logp = clean(raw_logp, detach=False)
+        log_ratio = logp - clean(old)  # (B, T)
+    else:
+        logp, log_ratio = None, clean(raw_logp - old, detach=False)
+    adv = _as(advantages.detach(), dt)
     adv = adv[:, None] if adv.dim() == 1 else clean(adv)  # (B, 1) broadcasts, or (B, T)
 
-    ratio = RATIOS.get(obj.ratio).fn(raw_logp, old, valid)  # (B, T), or (B, 1) per sequence
+    ratio = m["_ratio"](log_ratio, valid)  # (B, T), or (B, 1) per sequence
     loss_tok = sur.fn(ratio, adv, logp, stats, **sp)  # broadcasts to (B, T)
     if stats:
         stats.mean("ratio/mean", ratio)
         stats.max("ratio/max", ratio)
         stats.min("ratio/min", ratio)
 
-    if rollout_logp is not None and (metrics or MISMATCH_MODES.get(m["mismatch"]).level != "none"):
+    if rollout_logp is not None and (metrics or m["_mismatch_level"] != "none"):
         w, _ = mismatch_weights(m["mismatch"], old, rollout_logp.detach().to(dt), valid,
                                 cap=m["mismatch_cap"], bounds=m["mismatch_bounds"], stats=stats)
         if w is not None:
@@ -215,7 +264,7 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         if stats:
             stats.frac("entropy/kept_frac", keep)
 
-    loss = aggregate(agg, loss_tok, weight, **norms)
+    loss = m["_agg"](loss_tok, weight, **norms)
     out_metrics: dict[str, Tensor | float] = {"loss/policy": loss.detach()}
 
     if ref_logp is not None:
@@ -223,7 +272,7 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         if stats:
             stats.mean("kl/ref", kl_tok)
         if m["beta"] > 0:
-            kl = aggregate(agg, kl_tok, weight, **norms)
+            kl = m["_agg"](kl_tok, weight, **norms)
             loss = loss + m["beta"] * kl
             out_metrics["loss/kl"] = kl.detach()
     if entropy is not None:
@@ -231,7 +280,7 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         if stats:
             stats.mean("entropy/mean", entropy)
         if m["entropy_coef"] != 0:
-            ent = aggregate(agg, entropy, weight, **norms)
+            ent = m["_agg"](entropy, weight, **norms)
             loss = loss - m["entropy_coef"] * ent
             out_metrics["loss/entropy"] = ent.detach()
     out_metrics.update(stats.reduce())

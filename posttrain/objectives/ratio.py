@@ -86,24 +86,27 @@ def _seq_log_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
     return _log_ratio(logp, old_logp, valid).sum(dim=1, keepdim=True) / n
 
 
-def token_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
-    return torch.exp(_log_ratio(logp, old_logp, valid))
+def token_ratio(log_ratio: Tensor, valid: Tensor) -> Tensor:
+    return torch.exp(log_ratio)
 
 
-def sequence_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
-    return torch.exp(_seq_log_ratio(logp, old_logp, valid))  # (B, 1), broadcasts over t
+def sequence_ratio(log_ratio: Tensor, valid: Tensor) -> Tensor:
+    n = valid.sum(dim=1, keepdim=True).clamp(min=1)
+    return torch.exp(log_ratio.sum(dim=1, keepdim=True) / n)  # (B, 1), broadcasts over t
 
 
-def sequence_token_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
-    log_s = _seq_log_ratio(logp, old_logp, valid).detach()  # (B, 1), sg
-    own = _log_ratio(logp, logp.detach(), valid)  # (B, T): value 0, gradient grad logp
+def sequence_token_ratio(log_ratio: Tensor, valid: Tensor) -> Tensor:
+    n = valid.sum(dim=1, keepdim=True).clamp(min=1)
+    log_s = (log_ratio.sum(dim=1, keepdim=True) / n).detach()  # (B, 1), sg
+    own = log_ratio - log_ratio.detach()  # (B, T): value 0, gradient grad logp (0 at padding)
     return torch.exp(log_s + own)
 
 
 @dataclass(frozen=True)
 class RatioLevel:
-    fn: Callable[[Tensor, Tensor, Tensor], Tensor]
-    """(logp, old_logp, valid) -> (B, T) or (B, 1) ratio, differentiable w.r.t. logp."""
+    fn: Callable[[Tensor, Tensor], Tensor]
+    """(log_ratio, valid) -> (B, T) or (B, 1) ratio, differentiable w.r.t. logp through
+    log_ratio = logp - old_logp, which `policy_loss` passes with padding already 0."""
     formula: str
 
 

@@ -102,3 +102,20 @@ def test_the_trainer_can_ask_what_an_objective_takes():
     assert params["tau_pos"] == 1.0 and params["tau_neg"] == 1.05
     assert params["aggregation"] == "seq-mean-token-mean" and params["beta"] == 0.0
     assert objective_params("reinforce_is")["mismatch"] == "token"
+
+
+def test_cached_settings_still_check_every_call():
+    """policy_loss caches its resolved settings: a bad call after a good one still raises, a
+    missing input is still caught, and normaliser values are read on every call."""
+    call("dapo", eps_high=0.28)
+    with pytest.raises(TypeError, match="eps_hgh"):
+        call("dapo", eps_hgh=0.28)
+    call("dapo", eps_high=0.28, beta=0.1, ref_logp=torch.zeros(B, T))
+    with pytest.raises(ValueError, match="needs ref_logp"):
+        call("dapo", eps_high=0.28, beta=0.1)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    adv = torch.tensor([1.0, -1.0])
+    a = call("dapo", num_tokens=3.0, advantages=adv, mask=mask).loss
+    b = call("dapo", num_tokens=6.0, advantages=adv, mask=mask).loss
+    torch.testing.assert_close(b, a / 2)
+    call("cispo", mismatch_bounds=[0.5, 2.0], mismatch="token_mask", rollout_logp=torch.zeros(B, T))  # a list: not cached
