@@ -95,32 +95,37 @@ def shared_prefix_logprobs(
     p_ids = torch.zeros((U, Lp), dtype=torch.long, device=device)
     for u, p in enumerate(prompts):
         p_ids[u, :len(p)] = torch.tensor(p, dtype=torch.long, device=device)
+    p_len = torch.tensor([len(p) for p in prompts], device=device)  # (U,)
     steps = torch.arange(Ls, device=device)
     col = (plen[:, None] + steps).clamp(max=T - 1)  # (N, Ls) completion columns of input_ids
     in_c = steps[None] < clen[:, None]  # (N, Ls) real completion tokens
-    c_ids = torch.where(in_c, input_ids.gather(1, col), 0)
+    in_p = torch.arange(Lp, device=device)[None] < p_len[:, None]  # (U, Lp) real prompt tokens
+    # token-wise work (norms, projections, MLP) runs on the real tokens only, packed as
+    # [prompt tokens; completion tokens]; attention unpacks them into padded (rows, L) views
+    pack = _Packing(in_p.reshape(-1).nonzero().squeeze(1), in_c.reshape(-1).nonzero().squeeze(1), U, Lp, N, Ls)
 
     w = Qwen3Weights(model)  # fused weights built here: differentiable views of the parameters
     cos_t, sin_t = w.rope_tables(Lp + Ls)
-    c_pos = plen[:, None] + steps  # (N, Ls) positions of the completion tokens
-    cos = torch.cat([cos_t[:Lp].expand(U, Lp, -1).reshape(U * Lp, -1), cos_t[c_pos].reshape(N * Ls, -1)])
-    sin = torch.cat([sin_t[:Lp].expand(U, Lp, -1).reshape(U * Lp, -1), sin_t[c_pos].reshape(N * Ls, -1)])
-    cos, sin = cos[:, None, :], sin[:, None, :]  # (rows, 1, hd)
+    pos = torch.cat([torch.arange(Lp, device=device).repeat(U)[pack.p_idx],
+                     (plen[:, None] + steps).reshape(-1)[pack.c_idx]])  # (tokens,) positions
+    cos, sin = cos_t[pos][:, None, :], sin_t[pos][:, None, :]  # (tokens, 1, hd)
     # completion queries see their prompt's real tokens and their own earlier tokens
     see_p = torch.arange(Lp, device=device)[None] < plen[:, None]  # (N, Lp)
     causal = torch.ones(Ls, Ls, dtype=torch.bool, device=device).tril()
     c_mask = torch.cat([see_p[:, None].expand(N, Ls, Lp), causal.expand(N, Ls, Ls)], dim=-1)[:, None]
 
-    x = F.embedding(torch.cat([p_ids.reshape(-1), c_ids.reshape(-1)]), w.embed)  # (U Lp + N Ls, H)
+    ids = torch.cat([p_ids.reshape(-1)[pack.p_idx], input_ids.gather(1, col).reshape(-1)[pack.c_idx]])
+    x = F.embedding(ids, w.embed)  # (tokens, H)
     ckpt = is_checkpointing(model) and torch.is_grad_enabled()  # recompute each layer in backward
     for L in w.layers:
-        args = (x, L, cos, sin, owner, c_mask, U, Lp, N, Ls)
+        args = (x, L, cos, sin, owner, c_mask, pack)
         x = checkpoint(_layer, w, *args, use_reentrant=False) if ckpt else _layer(w, *args)
 
     # hidden state predicting completion token k: the prompt's last position for k = 0,
     # completion position k - 1 after that
-    xp, xc = x[:U * Lp].view(U, Lp, -1), x[U * Lp:].view(N, Ls, -1)
-    last_p = xp[owner, plen - 1]  # (N, H)
+    n_p = pack.p_idx.numel()
+    last_p = x[:n_p].index_select(0, (p_len.cumsum(0) - 1)[owner])  # (N, H)
+    xc = pack.unpack_c(x[n_p:])  # (N, Ls, H), 0 at padding
     h = torch.cat([last_p[:, None], xc[:, :Ls - 1]], dim=1)  # (N, Ls, H)
     lab_col = (plen[:, None] - 1 + steps).clamp(max=T - 1)  # (N, Ls) columns of labels
     lab = torch.where(in_c, labels.gather(1, lab_col), IGNORE)
@@ -139,20 +144,41 @@ def shared_prefix_logprobs(
     return logp, ent
 
 
+class _Packing:
+    """Where the real tokens sit: p_idx / c_idx index the flattened (U * Lp) prompt and
+    (N * Ls) completion grids; `unpack_*` scatter packed rows into zero-padded grids."""
+
+    def __init__(self, p_idx: Tensor, c_idx: Tensor, U: int, Lp: int, N: int, Ls: int):
+        self.p_idx, self.c_idx, self.U, self.Lp, self.N, self.Ls = p_idx, c_idx, U, Lp, N, Ls
+
+    @staticmethod
+    def _unpack(t: Tensor, idx: Tensor, rows: int, length: int) -> Tensor:
+        grid = t.new_zeros((rows * length, *t.shape[1:])).index_copy(0, idx, t)
+        return grid.view(rows, length, *t.shape[1:])
+
+    def unpack_p(self, t: Tensor) -> Tensor:
+        return self._unpack(t, self.p_idx, self.U, self.Lp)
+
+    def unpack_c(self, t: Tensor) -> Tensor:
+        return self._unpack(t, self.c_idx, self.N, self.Ls)
+
+
 def _layer(w: Qwen3Weights, x: Tensor, L, cos: Tensor, sin: Tensor, owner: Tensor, c_mask: Tensor,
-           U: int, Lp: int, N: int, Ls: int) -> Tensor:
-    """One decoder layer over the stacked rows x (U Lp + N Ls, H): prompt rows first."""
+           pack: _Packing) -> Tensor:
+    """One decoder layer over the packed real tokens x (tokens, H): prompt tokens first."""
     nh, nkv, hd = w.nh, w.nkv, w.hd
-    q, k, v = w.qkv(L, x, cos, sin)  # (rows, heads, hd)
-    split = U * Lp
-    qp, kp, vp = (t[:split].view(U, Lp, -1, hd).transpose(1, 2) for t in (q, k, v))  # (U, heads, Lp, hd)
-    qc, kc, vc = (t[split:].view(N, Ls, -1, hd).transpose(1, 2) for t in (q, k, v))  # (N, heads, Ls, hd)
+    q, k, v = w.qkv(L, x, cos, sin)  # (tokens, heads, hd)
+    n_p = pack.p_idx.numel()
+    # padded grids (rows, heads, L, hd); padding slots are 0 and masked out of every real query
+    qp, kp, vp = (pack.unpack_p(t[:n_p]).transpose(1, 2) for t in (q, k, v))
+    qc, kc, vc = (pack.unpack_c(t[n_p:]).transpose(1, 2) for t in (q, k, v))
     gqa = nh != nkv
     # right-padded prompts: a real query never sees a later (padding) key under the causal mask
     att_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=gqa)
     keys = torch.cat([kp.index_select(0, owner), kc], dim=2)  # (N, nkv, Lp + Ls, hd)
     vals = torch.cat([vp.index_select(0, owner), vc], dim=2)
     att_c = F.scaled_dot_product_attention(qc, keys, vals, attn_mask=c_mask, enable_gqa=gqa)
-    att = torch.cat([att_p.transpose(1, 2).reshape(split, nh * hd), att_c.transpose(1, 2).reshape(N * Ls, nh * hd)])
+    att = torch.cat([att_p.transpose(1, 2).reshape(-1, nh * hd).index_select(0, pack.p_idx),
+                     att_c.transpose(1, 2).reshape(-1, nh * hd).index_select(0, pack.c_idx)])
     x = x + F.linear(att, L.w_o, L.b_o)
     return x + w.mlp(L, x)

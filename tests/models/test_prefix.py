@@ -82,18 +82,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_path):
     _assert_equal_runs(plain, shared)
 
 
-def test_each_distinct_prompt_runs_once(model64, monkeypatch):
-    """3 prompts x 4 completions: the layers see 3 prompt rows (not 12) plus 12 completion rows."""
+def test_each_distinct_prompt_runs_once_and_padding_costs_nothing(model64, monkeypatch):
+    """3 prompts x 4 completions: the layers see each distinct prompt's tokens once (not 4
+    times) plus the completions' real tokens, no padding."""
     b = _batch(prompt_lens=(6, 11, 4), group=4, max_completion=5)
     rows = []
     real = prefix_mod._layer
-    monkeypatch.setattr(prefix_mod, "_layer", lambda w, x, *a: (rows.append((x.shape[0], a[5:])), real(w, x, *a))[1])
+    monkeypatch.setattr(prefix_mod, "_layer", lambda w, x, *a: (rows.append((x.shape[0], a[5])), real(w, x, *a))[1])
     shared_prefix_logprobs(model64, b["input_ids"], b["prompt_len"], b["attention_mask"], b["labels"])
-    n_layers = model64.config.num_hidden_layers
-    assert len(rows) == n_layers
-    U, Lp, N, Ls = rows[0][1]
-    assert (U, Lp, N) == (3, 11, 12)
-    assert rows[0][0] == U * Lp + N * Ls  # prompt rows once, plus the completions
+    assert len(rows) == model64.config.num_hidden_layers
+    completion_tokens = int(b["attention_mask"].sum() - b["prompt_len"].sum())
+    assert rows[0][0] == (6 + 11 + 4) + completion_tokens
+    pack = rows[0][1]
+    assert (pack.U, pack.Lp, pack.N) == (3, 11, 12)
 
 
 def test_group_prompts():
