@@ -123,7 +123,8 @@ def _generate(settings: EvalSettings, prompts_messages: list[list[dict]]) -> lis
         raise ConfigError("--samples > 1 needs --temperature > 0 (greedy gives the same completion)")
     torch.manual_seed(settings.seed)
     model, tok = load_model_and_tokenizer(ModelConfig(path=settings.model))
-    engine = ENGINES.get("hf")(model, tok, batch_size=settings.batch_size)
+    # the fast engine: the same tokens as the hf one, falling back to it for other models
+    engine = ENGINES.get("fast")(model, tok, batch_size=settings.batch_size)
     params = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
                             max_new_tokens=settings.max_new_tokens)
     ids = [tokenize_prompt(tok, m) for m in prompts_messages]
