@@ -43,6 +43,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from posttrain.objectives.distill import BlockTerms, distill_loss  # noqa: E402
 from posttrain.objectives import distill as distill_mod  # noqa: E402
+from _proc import reset_peak, status_kib  # noqa: E402  (benchmarks/_proc.py)
 
 MIB = 2**20
 PLAIN_TENSORS = 6  # (R, V) fp32 tensors the plain path holds at its peak, with the gradient
@@ -79,12 +80,6 @@ def plain_terms(draft_logits, target_logits, mask, temperature=1.0, chunk=None):
     return BlockTerms(kl, la, valid, torch.cumprod(valid.float(), -1), top1)
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
 
 def run_worker(args) -> dict:
     method, rows = args.worker[0], int(args.worker[1])
@@ -115,8 +110,8 @@ def run_worker(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        Path("/proc/self/clear_refs").write_text("5")
-        base = _status_kib("VmRSS") * 1024
+        reset_peak()
+        base = status_kib("VmRSS") * 1024
     times = []
     for i in range(args.warmup + args.reps):
         sync()
@@ -125,7 +120,7 @@ def run_worker(args) -> dict:
         sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda" else _status_kib("VmHWM") * 1024) - base
+    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda" else status_kib("VmHWM") * 1024) - base
     return {"peak_bytes": peak, "time_s": round(statistics.median(times), 4),
             "times_s": [round(t, 4) for t in times], "loss": losses[-1], "N": N, "K": K}
 

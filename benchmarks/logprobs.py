@@ -81,6 +81,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from posttrain.models.logprobs import auto_chunk_rows, token_logprobs  # noqa: E402
+from _proc import reset_peak, status_kib  # noqa: E402  (benchmarks/_proc.py)
 
 MIB = 2**20
 # Upper bound on the number of fp32 (N, V) tensors the naive path holds at its peak, used
@@ -116,19 +117,6 @@ def parse_args(argv=None):
 # ---- worker: one (method, V, rows) case in this process ---------------------------
 
 
-def _proc_status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_rss_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def naive_logprobs(hidden, weight, labels, temperature):
@@ -168,8 +156,8 @@ def run_worker(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        cleared = _reset_rss_peak()
-        base = (_proc_status_kib("VmRSS") if cleared else _proc_status_kib("VmHWM")) * 1024
+        cleared = reset_peak()
+        base = (status_kib("VmRSS") if cleared else status_kib("VmHWM")) * 1024
     times = []
     for i in range(args.warmup + args.reps):
         sync()
@@ -182,7 +170,7 @@ def run_worker(args) -> dict:
         peak = torch.cuda.max_memory_allocated() - base
         how = "torch.cuda.max_memory_allocated() - memory_allocated() after inputs"
     else:
-        peak = _proc_status_kib("VmHWM") * 1024 - base
+        peak = status_kib("VmHWM") * 1024 - base
         how = ("VmHWM - VmRSS after inputs (VmHWM reset via /proc/self/clear_refs)" if cleared
                else "VmHWM after - VmHWM after inputs (clear_refs not writable)")
     return {"peak_bytes": peak, "time_s": round(statistics.median(times), 4),

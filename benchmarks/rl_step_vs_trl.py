@@ -104,6 +104,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from _proc import busy_s, reset_peak, status_kib, tree_cpu_s  # noqa: E402  (benchmarks/_proc.py)
 
 JSON_PUNCT = set('{}[]":,')
 OBJECTIVES = {  # posttrain objective -> the matching TRL settings
@@ -147,58 +148,6 @@ def parse_config(text: str) -> tuple[int, int, int]:
     return p, g, length
 
 
-# ---- memory ---------------------------------------------------------------------------
-
-
-def _status_kib(field: str, pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/{pid}/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
-# ---- cpu accounting: was anything else running? -------------------------------------------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _busy_s() -> float:
-    """CPU-seconds spent busy on all CPUs since boot (/proc/stat: all but idle and iowait)."""
-    vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(vals) - vals[3] - vals[4]) / CLK_TCK
-
-
-def _tree_cpu_s(root: int) -> float:
-    """utime + stime of `root` and all its live descendants (this benchmark's processes)."""
-    parent, cpu = {}, {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            text = (d / "stat").read_text()
-        except OSError:
-            continue
-        rest = text[text.rfind(")") + 2:].split()
-        parent[int(d.name)] = int(rest[1])
-        cpu[int(d.name)] = (int(rest[11]) + int(rest[12])) / CLK_TCK
-    total = 0.0
-    for pid, t in cpu.items():
-        p = pid
-        while p and p != root:
-            p = parent.get(p, 0)
-        if p == root:
-            total += t
-    return total
-
-
 # ---- workers: one side each, driven over a pipe ------------------------------------------
 #
 # Protocol (one JSON object per line): the worker writes {"ready": {...}} once set up, then
@@ -229,17 +178,17 @@ class PeakTracker:
         self.cleared = False
 
     def ready(self) -> float:
-        self.setup_rss = _status_kib("VmRSS") / 1024
+        self.setup_rss = status_kib("VmRSS") / 1024
         return self.setup_rss
 
     def reset(self) -> dict:
-        self.before_reset = _status_kib("VmHWM") / 1024
-        self.cleared = _reset_peak()
-        self.base = _status_kib("VmRSS") / 1024
+        self.before_reset = status_kib("VmHWM") / 1024
+        self.cleared = reset_peak()
+        self.base = status_kib("VmRSS") / 1024
         return {"cleared": self.cleared}
 
     def final(self) -> dict:
-        hwm = _status_kib("VmHWM") / 1024
+        hwm = status_kib("VmHWM") / 1024
         before = self.before_reset if self.before_reset is not None else hwm
         out = {"peak_rss_mib": round(max(hwm, before), 1), "rss_after_setup_mib": round(self.setup_rss, 1)}
         if self.base is not None:
@@ -328,7 +277,7 @@ def run_posttrain_worker(args, p: int, g: int, length: int) -> None:
                 final = peaks.final()
                 proc = reward_base._WORKER.proc  # the forked reward worker, if it was started
                 if proc is not None and proc.is_alive():
-                    final["reward_worker_peak_rss_mib"] = round(_status_kib("VmHWM", proc.pid) / 1024, 1)
+                    final["reward_worker_peak_rss_mib"] = round(status_kib("VmHWM", proc.pid) / 1024, 1)
                 chan.send({"final": final})
                 return
 
@@ -531,9 +480,9 @@ def run_config(config: str, argv: list[str], args, model_path: str, log_dir: Pat
                 for w in workers.values():
                     w.ask("reset_peak", "reset_peak")
             for side in (order if i % 2 == 0 else order[::-1]):
-                busy0, mine0, side0 = _busy_s(), _tree_cpu_s(os.getpid()), _tree_cpu_s(workers[side].proc.pid)
+                busy0, mine0, side0 = busy_s(), tree_cpu_s(os.getpid()), tree_cpu_s(workers[side].proc.pid)
                 r = workers[side].ask("step", "step")
-                busy1, mine1, side1 = _busy_s(), _tree_cpu_s(os.getpid()), _tree_cpu_s(workers[side].proc.pid)
+                busy1, mine1, side1 = busy_s(), tree_cpu_s(os.getpid()), tree_cpu_s(workers[side].proc.pid)
                 r["cpu_s"] = side1 - side0
                 r["foreign_cpu_s"] = max(0.0, (busy1 - busy0) - (mine1 - mine0))
                 if i >= args.warmup:
