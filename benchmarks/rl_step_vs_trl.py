@@ -75,6 +75,17 @@ and `growth`: each side's s_per_step and tokens_per_s in the last configuration 
 first, next to the growth in P * G * L. `effective` (per side) holds the settings read back
 from each side's trainer after setup, to show they match.
 
+GPU record (--model qwen3-0.6b --device cuda --dtype bfloat16): the same comparison with a
+random-initialised Qwen3-0.6B-architecture model (benchmarks/_models.py; built once under
+$POSTTRAIN_CACHE/bench), both sides in bf16 on the GPU, CUDA synchronised at every step
+boundary. Each side then also reports `train_phase`: nominal 6 N tokens / rest-seconds
+TFLOP/s and the MFU against the device's bf16 peak (by name, or --peak-tflops), and
+`cuda_peak_allocated_mib`. --layers N keeps N layers of that architecture (a CPU smoke test
+of the path). Not run in any session so far (no GPU lent):
+
+    python benchmarks/rl_step_vs_trl.py --model qwen3-0.6b --device cuda --dtype bfloat16 \
+        --configs 8,8,256 8,16,512
+
 --profile N runs no comparison: it times N posttrain steps of the first configuration after
 --warmup, then runs N more under cProfile and prints, per phase, the cumulative seconds per
 step of the main functions (model forward, sampling, KV cache, reward round trips, update
@@ -104,6 +115,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from _models import matmul_params, peak_tflops, random_qwen3  # noqa: E402  (benchmarks/_models.py)
 from _proc import busy_s, reset_peak, status_kib, tree_cpu_s  # noqa: E402  (benchmarks/_proc.py)
 
 JSON_PUNCT = set('{}[]":,')
@@ -130,6 +142,13 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--model", choices=["tiny", "qwen3-0.6b"], default="tiny",
+                    help="builtin:tiny, or a random-initialised Qwen3-0.6B-architecture model (GPU record)")
+    ap.add_argument("--layers", type=int, default=0, help="qwen3-0.6b: keep only this many layers (smoke test)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--peak-tflops", type=float, default=0.0,
+                    help="device peak for the training-phase MFU (0: by device name, H100/H200/A100/L40S bf16)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="instead of the comparison: cProfile N posttrain steps (after --warmup) "
                          "of the first configuration and print the top costs per phase to stderr")
@@ -189,13 +208,30 @@ class PeakTracker:
 
     def final(self) -> dict:
         hwm = status_kib("VmHWM") / 1024
+        cuda = _cuda_peak_mib()
         before = self.before_reset if self.before_reset is not None else hwm
         out = {"peak_rss_mib": round(max(hwm, before), 1), "rss_after_setup_mib": round(self.setup_rss, 1)}
         if self.base is not None:
             out["peak_rss_setup_warmup_mib"] = round(before, 1)
             out["rss_before_timed_mib"] = round(self.base, 1)
             out["timed_peak_increase_mib"] = round(hwm - self.base, 1) if self.cleared else None
+        if cuda is not None:
+            out["cuda_peak_allocated_mib"] = cuda
         return out
+
+
+def _sync(args) -> None:
+    """Wait for queued CUDA work, so wall time covers the step's kernels."""
+    if args.device == "cuda":
+        import torch
+        torch.cuda.synchronize()
+
+
+def _cuda_peak_mib() -> float | None:
+    import torch
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def _threads(args) -> int:
@@ -219,6 +255,7 @@ def posttrain_overrides(args, p: int, g: int, length: int) -> list[str]:
         f"train.batch_size={p * g}", f"train.lr={args.lr}", "train.max_grad_norm=1.0",
         "train.warmup_steps=0", f"train.max_steps={10 * (args.warmup + args.steps + 2)}",
         "train.progress=false", f"train.seed={args.seed}",
+        f"model.device={args.device}", f"model.dtype={args.dtype}",
     ]
 
 
@@ -266,6 +303,7 @@ def run_posttrain_worker(args, p: int, g: int, length: int) -> None:
             if cmd == "step":
                 t = time.perf_counter()
                 rec = rl_step(ctx)
+                _sync(args)
                 dt = time.perf_counter() - t
                 chan.send({"step": {"s": dt, "tokens": rec["completion_len/mean"] * p * g,
                                     "rollout_s": rec["time/rollout"], "reward_s": rec["time/reward"],
@@ -312,7 +350,8 @@ def trl_config(args, p: int, g: int, length: int, out_dir: str, max_steps: int):
     import trl
 
     return trl.GRPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        output_dir=out_dir, use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16", fp16=False,
+        gradient_checkpointing=False,
         per_device_train_batch_size=p * g, num_generations=g, gradient_accumulation_steps=1,
         max_completion_length=length, temperature=1.0, top_p=1.0, top_k=0, min_p=None,
         beta=0.0, num_iterations=1, scale_rewards="group", **OBJECTIVES[args.objective],
@@ -324,7 +363,7 @@ def trl_config(args, p: int, g: int, length: int, out_dir: str, max_steps: int):
     )
 
 
-def trl_stepper(trainer, chan: Channel, peaks: PeakTracker, acc: dict, threads: int, t_start: float):
+def trl_stepper(trainer, chan: Channel, peaks: PeakTracker, acc: dict, threads: int, t_start: float, args):
     """A callback that holds the trainer at each step boundary until the driver says "step",
     and reports the previous step (its time runs from one on_step_begin to the next)."""
     from transformers import TrainerCallback
@@ -333,6 +372,7 @@ def trl_stepper(trainer, chan: Channel, peaks: PeakTracker, acc: dict, threads: 
         t0 = None
 
         def on_step_begin(self, args_, state, control, **kw):
+            _sync(args)
             now = time.perf_counter()
             if self.t0 is None:
                 chan.send({"ready": {"setup_s": round(now - t_start, 2), "threads": threads,
@@ -368,7 +408,7 @@ def run_trl_worker(args, p: int, g: int, length: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_path)
-    model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(args.model_path, dtype=args.dtype)
     max_steps = 10 * (args.warmup + args.steps + 2)  # more than the driver asks for: it stops us
     dataset = trl_dataset(args, p, max_steps)
     acc = {"tokens": 0, "rollout_s": 0.0, "reward_s": 0.0, "truncated": 0, "rewards": []}
@@ -400,7 +440,7 @@ def run_trl_worker(args, p: int, g: int, length: int) -> None:
                 acc["rollout_s"] += time.perf_counter() - t
 
         trainer._generate_single_turn = timed_generate  # a timer only; behaviour unchanged
-        trainer.add_callback(trl_stepper(trainer, chan, peaks, acc, threads, t_start))
+        trainer.add_callback(trl_stepper(trainer, chan, peaks, acc, threads, t_start, args))
         trainer.train()
         raise RuntimeError(f"TRL ran out of its {max_steps} steps before the driver said stop")
 
@@ -496,12 +536,44 @@ def run_config(config: str, argv: list[str], args, model_path: str, log_dir: Pat
             if w.proc.poll() is None:
                 w.proc.kill()
     out = {side: summarise(steps[side], finals[side], ready[side]) for side in workers}
+    _train_flops(out, args, p, g, model_path)
     out["threads"] = ready["posttrain"]["threads"]
     out["prompts"], out["group_size"], out["max_new_tokens"] = p, g, length
     out["ratio"] = round(out["trl"]["s_per_step"] / out["posttrain"]["s_per_step"], 3)
     out["ratio_mean"] = round(out["trl"]["s_per_step_mean"] / out["posttrain"]["s_per_step_mean"], 3)
     out["tokens_ratio"] = round(out["posttrain"]["tokens_per_s"] / out["trl"]["tokens_per_s"], 3)
     return out
+
+
+def prompt_tokens_per_step(args, p: int, n_steps: int, model_path: str) -> list[int]:
+    """Prompt tokens of each step's P prompts (both sides draw the same prompts per step)."""
+    from transformers import AutoTokenizer
+
+    from posttrain.data.chat import tokenize_prompt
+    tok = AutoTokenizer.from_pretrained(model_path)
+    rows = trl_dataset(args, p, n_steps)
+    lens = [len(tokenize_prompt(tok, r["prompt"])) for r in rows]
+    return [sum(lens[i * p:(i + 1) * p]) for i in range(n_steps)]
+
+
+def _train_flops(out: dict, args, p: int, g: int, model_path: str) -> None:
+    """Per side: the nominal training-phase throughput 6 N tokens / rest seconds (tokens =
+    prompt + completion tokens of all rows; benchmarks/_models.py), and the MFU against the
+    device peak where it is known (--peak-tflops, or by the CUDA device's name)."""
+    n_params = matmul_params(model_path)
+    prompts = prompt_tokens_per_step(args, p, args.warmup + args.steps, model_path)[args.warmup:]
+    seq_tokens = g * statistics.mean(prompts)  # + each side's own completion tokens
+    peak = args.peak_tflops or None
+    if peak is None and args.device == "cuda":
+        import torch
+        peak = peak_tflops(torch.cuda.get_device_name())
+    for side in ("posttrain", "trl"):
+        s = out[side]
+        tokens = seq_tokens + s["tokens_per_step"]
+        tflops = 6 * n_params * tokens / s["split_s"]["rest"] / 1e12
+        s["train_phase"] = {"matmul_params": n_params, "seq_tokens_per_step": round(tokens, 1),
+                            "nominal_tflops": round(tflops, 4),
+                            "mfu": round(tflops / peak, 4) if peak else None, "peak_tflops": peak}
 
 
 def _profile_targets() -> dict:
@@ -624,12 +696,15 @@ def main(argv=None):
         config = parse_config(args.configs[0])
         (run_posttrain_worker if args.worker == "posttrain" else run_trl_worker)(args, *config)
         return
-    from posttrain.models.tiny import resolve_builtin
+    from posttrain.models.tiny import cache_dir, resolve_builtin
     args.model_path = resolve_builtin("builtin:tiny")
+    if args.model != "tiny":
+        args.model_path = random_qwen3(cache_dir() / "bench", args.model_path, args.layers, args.dtype)
     if args.profile:
         profile_posttrain(args)
         return
-    base_argv = ["--warmup", str(args.warmup), "--steps", str(args.steps), "--objective", args.objective,
+    base_argv = ["--device", args.device, "--dtype", args.dtype,
+                 "--warmup", str(args.warmup), "--steps", str(args.steps), "--objective", args.objective,
                  "--lr", repr(args.lr), "--seed", str(args.seed), "--threads", str(args.threads)]
     t0 = time.perf_counter()
     load_before = os.getloadavg()
