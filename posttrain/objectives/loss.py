@@ -11,7 +11,7 @@ advantages are constants: they are detached.
 
 The composition, top to bottom (each step is its own registry or module):
 
-    ratio     = RATIOS[objective.ratio](logp, old_logp)          token | sequence | sequence_token
+    ratio     = RATIOS[objective.ratio](logp - old_logp)         token | sequence | sequence_token
     l_it      = SURROGATES[objective.surrogate](ratio, A, logp)  per-token loss
     l_it     *= w_it                                             mismatch correction (ratio.py)
     l_it      = 0 where entropy < threshold                      top-rho entropy mask (masks.py)

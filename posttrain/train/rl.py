@@ -46,7 +46,7 @@ import torch
 
 from ..advantages import compute_advantages
 from ..config import ConfigError, RLRecipe, RewardComponent
-from ..data.chat import IGNORE, tokenize_prompt
+from ..data.chat import tokenize_prompt
 from ..data.example import Example
 from ..data.sources import load_sources
 from ..models.load import count_parameters, load_model, load_tokenizer
@@ -60,6 +60,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .loop import (BatchStream, TrainingError, lr_factor, make_optimizer, optimizer_step,
                    resolve_precision, seed_everything, start_run)
 from .metrics import MetricsSink, NullSink, Progress
+from .rl_batch import build_batch, rows_of
 from .rl_diagnostics import StepStats, pack_routes, replay_key, route_metrics, setup_routing
 
 log = logging.getLogger("posttrain")
@@ -103,46 +104,6 @@ def reward_set(components: list[RewardComponent]) -> RewardSet:
                          weights=[c.weight for c in components])
     except (KeyError, ValueError) as e:
         raise ConfigError(f"rewards: {e}") from None
-
-
-# --------------------------------------------------------------------------- the batch
-
-
-def build_batch(prompts: list[list[int]], completions: list[list[int]], engine_logp: list[list[float]],
-                advantages: torch.Tensor, train_rows: list[bool], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded (N, T) tensors for the update phase.
-
-    labels[t] is the token at t + 1 on completion positions (IGNORE elsewhere), the
-    alignment `model_token_logprobs(labels=...)` takes; `mask` marks the positions that
-    enter the loss (completion tokens of rows in `train_rows`); `rollout_logp` holds the
-    engine's log-probs at the same positions; `prompt_len` (N,) lets rows with the same
-    prompt share its forward (`models.prefix`).
-    """
-    N = len(prompts)
-    T = max(len(p) + len(c) for p, c in zip(prompts, completions))
-    input_ids = torch.full((N, T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((N, T), dtype=torch.long)
-    labels = torch.full((N, T), IGNORE, dtype=torch.long)
-    rollout_logp = torch.zeros((N, T), dtype=torch.float32)
-    prompt_len = torch.tensor([len(p) for p in prompts], dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        P, C = len(p), len(c)
-        input_ids[i, :P + C] = torch.tensor(p + c, dtype=torch.long)
-        attention_mask[i, :P + C] = 1
-        if C:
-            labels[i, P - 1:P + C - 1] = torch.tensor(c, dtype=torch.long)
-            rollout_logp[i, P - 1:P + C - 1] = torch.tensor(engine_logp[i], dtype=torch.float32)
-    mask = (labels != IGNORE) & torch.tensor(train_rows, dtype=torch.bool)[:, None]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "mask": mask, "rollout_logp": rollout_logp, "advantages": advantages.float(), "prompt_len": prompt_len}
-
-
-def _rows(batch: dict, idx: torch.Tensor, device) -> dict:
-    """Rows `idx` of the batch on `device`, trimmed to their longest sequence ((N, T, ...)
-    tensors, e.g. MoE routes (N, T, L, k), are trimmed along T)."""
-    sub = {k: v[idx] for k, v in batch.items()}
-    T = int(sub["attention_mask"].sum(1).max())
-    return {k: (v[:, :T] if v.dim() >= 2 else v).to(device) for k, v in sub.items()}
 
 
 # --------------------------------------------------------------------------- the run
@@ -442,7 +403,7 @@ def _update(ctx: RLContext, batch: dict, old_logp, ref_logp, stats: StepStats,
             norms = {k: v for k, v in norms.items() if k in needs}
             mb_loss, finite, mb_stale = 0.0, True, []
             for micro in torch.split(mb, tc.batch_size):
-                b = _rows(batch, micro, ctx.device)
+                b = rows_of(batch, micro, ctx.device)
                 out, logp, old = _micro_step(ctx, b, old_logp, ref_logp, micro, norms, stats, replay,
                                              update=epoch * rl.mini_batches + i_mb, natural=natural_in_update)
                 if out is None:
@@ -551,7 +512,7 @@ def _score(ctx: RLContext, batch: dict, model, replay: str | None = None,
             if capture and routing is not None:
                 batch[capture] = routing.empty(N, T)
             for idx in torch.split(torch.arange(N), tc.batch_size):
-                b = _rows(batch, idx, ctx.device)
+                b = rows_of(batch, idx, ctx.device)
                 session = (routing.session(replay=b[replay] if replay else None) if routing is not None
                            else contextlib.nullcontext())
                 with session, ctx.amp():

@@ -12,7 +12,7 @@ from posttrain.models import prefix as prefix_mod
 from posttrain.models.load import enable_checkpointing
 from posttrain.models.logprobs import model_token_logprobs
 from posttrain.models.prefix import batch_token_logprobs, group_prompts, shared_prefix_logprobs
-from posttrain.train.rl import build_batch
+from posttrain.train.rl_batch import build_batch
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The RL trainer on the tiny model: every objective runs and updates the weights, RL
 learns an easy reward, dynamic sampling drops and refills, the mismatch metric is zero
-exactly when it should be, resume is exact, and the batch is laid out as the loss expects."""
+exactly when it should be, resume is exact, and the shared-prompt update equals the plain one."""
 
 import math
 from pathlib import Path
@@ -10,10 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from posttrain.config import ConfigError, RLRecipe, load_recipe
-from posttrain.data.chat import IGNORE
 from posttrain.rewards import register_reward
 from posttrain.train.metrics import read_metrics
-from posttrain.train.rl import build_batch, run_rl
+from posttrain.train.rl import run_rl
 
 
 @register_reward("_rl_vowels", checks="fraction of vowel characters")
@@ -34,18 +33,6 @@ def recipe(*overrides):
             "rl.prompts_per_step=4", "rollout.group_size=4", "train.batch_size=16",
             "train.max_steps=2", "train.lr=1e-3"]
     return load_recipe(RLRecipe, None, base + list(overrides))
-
-
-def test_build_batch_aligns_labels_engine_logprobs_and_mask():
-    b = build_batch([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], [[-0.1, -0.2], [-0.3, -0.4, -0.5]],
-                    torch.tensor([1.0, -1.0]), [True, False], pad_id=0)
-    assert b["input_ids"].tolist() == [[5, 6, 7, 1, 2], [8, 3, 4, 9, 0]]
-    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
-    # position t predicts token t + 1: completion tokens are the targets of positions P-1 ..
-    assert b["labels"].tolist() == [[IGNORE, IGNORE, 1, 2, IGNORE], [3, 4, 9, IGNORE, IGNORE]]
-    assert b["rollout_logp"][0].tolist() == pytest.approx([0, 0, -0.1, -0.2, 0])
-    assert b["rollout_logp"][1].tolist() == pytest.approx([-0.3, -0.4, -0.5, 0, 0])
-    assert b["mask"].tolist() == [[False, False, True, True, False], [False] * 5]  # row 1 masked out
 
 
 @pytest.mark.slow
