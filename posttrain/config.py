@@ -231,8 +231,8 @@ class RLConfig:
     """Exclude completions cut by max_new_tokens from the loss (DAPO overlong filtering)."""
     share_prompts: bool = True
     """Update and scoring passes run each group's prompt once, its completions attending to
-    it (dense Qwen3 without adapters; other models use the plain forward). Same log-probs and
-    gradients, fewer tokens of work (models/prefix.py)."""
+    it (dense Qwen3, plain or with LoRA; other models use the plain forward). Same log-probs
+    and gradients, fewer tokens of work (models/prefix.py)."""
     reference: Literal["auto", "none"] = "auto"
     """auto: a reference model exists only when objective_params.beta > 0 (the base with
     adapters disabled, or a frozen copy for full fine-tuning); none: never."""

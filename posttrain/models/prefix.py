@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from posttrain.models.load import is_checkpointing
 from posttrain.models.logprobs import _lm_head, model_token_logprobs, token_logprobs
-from posttrain.models.qwen3 import Qwen3Weights, rms, unsupported_reason
+from posttrain.models.qwen3 import Qwen3Weights, causal_lm, rms, unsupported_reason
 
 IGNORE = -100
 
@@ -130,7 +130,7 @@ def shared_prefix_logprobs(
     lab_col = (plen[:, None] - 1 + steps).clamp(max=T - 1)  # (N, Ls) columns of labels
     lab = torch.where(in_c, labels.gather(1, lab_col), IGNORE)
     lab = lab.masked_fill(attention_mask.gather(1, lab_col) == 0, IGNORE)
-    weight, bias, scale = _lm_head(model)
+    weight, bias, scale = _lm_head(causal_lm(model))
     logp_c, ent_c = token_logprobs(rms(h, w.norm, w.eps), weight, lab, bias=bias, chunk_size=chunk_size,
                                    temperature=temperature / scale, with_entropy=with_entropy,
                                    ignore_index=IGNORE)

@@ -25,15 +25,60 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (its LoRA layers still in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
+
+
+def _lora_reason(m: nn.Module) -> str | None:
+    """None for an unmerged PEFT LoRA Linear whose forward is x W0^T + b + s B A x exactly
+    (no dropout, DoRA, LoRA bias or other variant); else why not."""
+    if type(m).__name__ != "Linear" or not type(m).__module__.startswith("peft.tuners.lora"):
+        return f"a projection is a {type(m).__name__}, not a plain or LoRA nn.Linear (quantised?)"
+    if type(m.base_layer) is not nn.Linear:
+        return f"a LoRA layer wraps a {type(m.base_layer).__name__} (quantised base, e.g. QLoRA)"
+    for name in m.active_adapters:
+        if name not in m.lora_A:
+            continue
+        if m.use_dora.get(name, False) or getattr(m, "lora_variant", {}).get(name) is not None:
+            return "DoRA or another LoRA variant"
+        if not isinstance(m.lora_dropout[name], nn.Identity):
+            return "LoRA dropout (adapter.dropout > 0)"
+        if m.lora_B[name].bias is not None:
+            return "a LoRA bias"
+    return None
+
+
+def linear_weight(m: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """(W, b) with m(x) = x W^T + b: an nn.Linear's own, or for a LoRA Linear (passing
+    `_lora_reason`) the merged W0 + s B A of its active adapters (W0 alone while adapters are
+    disabled, e.g. under `disable_adapter()` for the reference). Differentiable in A and B
+    where autograd is on; built per forward, so it follows every update."""
+    if type(m) is nn.Linear:
+        return m.weight, m.bias
+    base = m.base_layer
+    if m.disable_adapters or m.merged:
+        return base.weight, base.bias
+    w = base.weight
+    for name in m.active_adapters:
+        if name in m.lora_A:
+            a, b = m.lora_A[name].weight, m.lora_B[name].weight  # (r, in), (out, r)
+            w = w + (m.scaling[name] * (b @ a)).to(w.dtype)
+    return w, base.bias
+
+
 def unsupported_reason(model: nn.Module, training: bool | None = None) -> str | None:
-    """None when the functional path computes exactly what the HF model does; else why not.
-    `training` (default: model.training): whether the forward runs in training mode, where
-    attention dropout would apply."""
+    """None when the functional path computes what the HF model does; else why not. A PEFT
+    LoRA model qualifies (its adapters merged into the weights per forward: the same math,
+    rounded differently). `training` (default: model.training): whether the forward runs
+    in training mode, where attention dropout would apply."""
+    peft = getattr(model, "peft_config", None)
+    if peft and any(getattr(c, "is_prompt_learning", False) for c in peft.values()):
+        return "PEFT prompt learning (virtual tokens the functional forward would skip)"
+    model = causal_lm(model)
     cfg = getattr(model, "config", None)
     if type(model).__name__ != "Qwen3ForCausalLM" or getattr(cfg, "model_type", None) != "qwen3":
         return f"{type(model).__name__} is not a dense Qwen3ForCausalLM"
-    if hasattr(model, "peft_config"):
-        return "PEFT adapters"
     rope = getattr(cfg, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         return f"rope_type {rope.get('rope_type')!r}"
@@ -47,9 +92,14 @@ def unsupported_reason(model: nn.Module, training: bool | None = None) -> str | 
     inner = model.model
     linears = [m for layer in inner.layers for m in (
         layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
-        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)] + [model.lm_head]
-    if any(type(m) is not nn.Linear for m in linears):
-        return "a projection is not a plain nn.Linear (quantised or adapted)"
+        layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+    if type(model.lm_head) is not nn.Linear:
+        return "the LM head is not a plain nn.Linear"
+    for m in linears:
+        if type(m) is not nn.Linear:
+            why = _lora_reason(m)
+            if why is not None:
+                return why
     return None
 
 
@@ -82,6 +132,7 @@ class Qwen3Weights:
     (with autograd on, they are differentiable functions of the live parameters)."""
 
     def __init__(self, model: nn.Module):
+        model = causal_lm(model)
         cfg, inner = model.config, model.model
         self.eps = cfg.rms_norm_eps
         self.nh, self.nkv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -93,14 +144,16 @@ class Qwen3Weights:
         self.layers = []
         for layer in inner.layers:
             a, m = layer.self_attn, layer.mlp
-            biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+            (wq, bq), (wk, bk), (wv, bv) = (linear_weight(p) for p in (a.q_proj, a.k_proj, a.v_proj))
+            (wo, bo), (wg, _), (wu, _), (wd, _) = (linear_weight(p) for p in (a.o_proj, m.gate_proj, m.up_proj,
+                                                                               m.down_proj))
             self.layers.append(Layer(
                 w_in=layer.input_layernorm.weight,
-                w_qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                b_qkv=torch.cat(biases) if biases[0] is not None else None,
+                w_qkv=torch.cat([wq, wk, wv]),
+                b_qkv=torch.cat([bq, bk, bv]) if bq is not None else None,
                 w_qk_norm=torch.cat([a.q_norm.weight.expand(self.nh, -1), a.k_norm.weight.expand(self.nkv, -1)]),
-                w_o=a.o_proj.weight, b_o=a.o_proj.bias, w_post=layer.post_attention_layernorm.weight,
-                w_gu=torch.cat([m.gate_proj.weight, m.up_proj.weight]), w_down=m.down_proj.weight))
+                w_o=wo, b_o=bo, w_post=layer.post_attention_layernorm.weight,
+                w_gu=torch.cat([wg, wu]), w_down=wd))
         hd = self.hd
         rot = torch.zeros(hd, hd, dtype=self.embed.dtype, device=self.embed.device)
         half = hd // 2

@@ -31,9 +31,12 @@ prefilled once and its cache rows copied to its n rows.
 Finished rows stay in the batch (they cost a row of arithmetic, not a call) until fewer
 than 3/4 of the rows are live, then the cache is compacted to the live rows.
 
-Anything else -- another architecture, MoE (whose routing another path captures), PEFT
-adapters, sliding-window or scaled RoPE, stop strings -- falls back to `HFEngine`, so the
-engine is always correct and only sometimes fast. `FastEngine.supports(model)` says which,
+A LoRA policy (PEFT, no dropout, not DoRA) runs here too: each generate merges W0 + s B A
+into the fused weights (`models/qwen3.linear_weight`), so the rollout follows the adapter
+as trained; the same math as PEFT's forward, rounded differently (log-probs agree to ~1e-6).
+Anything else -- another architecture, MoE (whose routing another path captures), DoRA,
+LoRA dropout, quantised layers (QLoRA), sliding-window or scaled RoPE, stop strings --
+falls back to `HFEngine`, so the engine is always correct and only sometimes fast. `FastEngine.supports(model)` says which,
 and why not.
 """
 

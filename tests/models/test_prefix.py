@@ -132,3 +132,27 @@ def test_unsupported_models_are_refused_by_name(tiny_path):
     with torch.no_grad():  # the dispatcher takes the plain path for it instead
         lp, _ = batch_token_logprobs(moe, b)
         torch.testing.assert_close(lp, _plain(moe, b)[0])
+
+
+def test_a_lora_model_shares_prompts_with_the_same_values_and_adapter_gradients(tiny_path):
+    """LoRA merged per forward (W0 + s B A): the same log-probs as PEFT's own forward, the
+    same gradients for A and B, and the base model's values under disable_adapter()."""
+    from posttrain.config import AdapterConfig, ModelConfig
+    from posttrain.models.load import load_model_and_tokenizer
+
+    m, _ = load_model_and_tokenizer(ModelConfig(path=str(tiny_path)), AdapterConfig(kind="lora", r=4))
+    m = m.double().train()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    b = _batch(prompt_lens=(5, 9), group=3)
+    plain = _run(m, lambda: _plain(m, b))
+    shared = _run(m, lambda: shared_prefix_logprobs(m, b["input_ids"], b["prompt_len"], b["attention_mask"],
+                                                    b["labels"]))
+    assert shared[2] and all("lora_" in name for name in shared[2])  # only the adapter trains
+    _assert_equal_runs(plain, shared)
+    with torch.no_grad(), m.disable_adapter():
+        base = batch_token_logprobs(m, b)[0]
+        torch.testing.assert_close(base, _plain(m, b)[0], rtol=0, atol=1e-9)
+    assert (base - plain[0]).abs().max() > 1e-3

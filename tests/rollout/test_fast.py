@@ -122,3 +122,44 @@ def test_the_completions_of_a_prompt_share_one_prefill(tiny, monkeypatch):
     _assert_same(hf, fast)
     prefill = [r for r in rows if r[1] > 1]
     assert [r[0] for r in prefill] == [5] and rows[1][0] == 15
+
+
+def _lora_policy(tiny_path, **kw):
+    from posttrain.config import AdapterConfig
+    model, tok = load_model_and_tokenizer(ModelConfig(path=str(tiny_path)), AdapterConfig(kind="lora", r=4, **kw))
+    with torch.no_grad():  # B = 0 at init would make the adapter a no-op
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    return model, tok
+
+
+def test_a_lora_policy_decodes_on_the_fast_path_with_the_adapter_applied(tiny, tiny_path, monkeypatch):
+    """LoRA layers are merged into the fused weights per generate: the engine's log-probs are
+    the adapted model's (scored by the trainer), not the base model's."""
+    _, tok, prompts = tiny
+    model, _ = _lora_policy(tiny_path)
+    assert FastEngine.supports(model) is None
+    calls = []
+    real = fast_mod._Decoder.forward
+    monkeypatch.setattr(fast_mod._Decoder, "forward", lambda self, *a: (calls.append(1), real(self, *a))[1])
+    torch.manual_seed(2)
+    ro = FastEngine(model, tok).generate(prompts[:3], SamplingParams(temperature=1.0, max_new_tokens=12), n=2)
+    assert calls  # not the hf fallback
+    diffs = []
+    for i in range(len(ro)):
+        ids = torch.tensor([ro.prompt_ids[i] + ro.completion_ids[i]])
+        lp, _ = model_token_logprobs(model, ids, with_entropy=False)
+        ref = lp[0, len(ro.prompt_ids[i]) - 1:]
+        torch.testing.assert_close(torch.tensor(ro.logprobs[i]), ref, rtol=0, atol=1e-4)
+        with model.disable_adapter():
+            base = model_token_logprobs(model, ids, with_entropy=False)[0][0, len(ro.prompt_ids[i]) - 1:]
+        diffs.append(float((base - ref).abs().max()))
+    assert max(diffs) > 1e-2  # the adapter changes the distribution, and the engine followed it
+
+
+@pytest.mark.parametrize("kw, why", [({"dropout": 0.1}, "LoRA dropout"), ({"kind": "dora"}, "DoRA")])
+def test_lora_variants_the_fast_path_cannot_merge_fall_back(tiny_path, kw, why):
+    from posttrain.config import AdapterConfig
+    model, _ = load_model_and_tokenizer(ModelConfig(path=str(tiny_path)), AdapterConfig(**{"kind": "lora", "r": 4, **kw}))
+    assert why in FastEngine.supports(model)
