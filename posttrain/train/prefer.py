@@ -32,6 +32,7 @@ from ..data.chat import IGNORE, Tokenized, collate, tokenize_chat, tokenize_prom
 from ..data.pairs import Pair, load_pairs
 from ..models.load import count_parameters, load_model, load_tokenizer
 from ..models.logprobs import model_token_logprobs
+from ..models.prefix import batch_token_logprobs
 from ..objectives import PREFERENCE_LOSSES, preference_loss
 from . import dist
 from .loop import BatchStream, LoopResult, seed_everything, start_run, train_loop
@@ -81,11 +82,18 @@ def collate_pairs(items: list[PairItem], pad_id: int) -> dict[str, torch.Tensor]
 
 
 def sequence_logps(model, batch: dict, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of reply-token log-probs (2B,), reply lengths (2B,))."""
+    """(sum of reply-token log-probs (2B,), reply lengths (2B,)). A pair's chosen and
+    rejected rows share the prompt's forward where the model allows (`models/prefix.py`;
+    the same values): the prompt is the tokens before the first labelled one."""
     target = shift_labels(batch["labels"])
-    logp, _ = model_token_logprobs(model, batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                   labels=target, chunk_size=chunk_size, with_entropy=False)
     mask = target != IGNORE
+    if "attention_mask" in batch:
+        rows = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": target,
+                "prompt_len": (batch["labels"] != IGNORE).int().argmax(-1)}  # (2B,) first reply token
+        logp, _ = batch_token_logprobs(model, rows, chunk_size=chunk_size, with_entropy=False)
+    else:
+        logp, _ = model_token_logprobs(model, batch["input_ids"], labels=target, chunk_size=chunk_size,
+                                       with_entropy=False)
     return (logp * mask).sum(-1), mask.sum(-1).float()
 
 
