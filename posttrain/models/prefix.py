@@ -1,6 +1,6 @@
 """Per-token log-probs of completions that share prompts, with each prompt run once.
 
-An RL step scores G completions of every prompt. The plain update forward runs each of the
+An RL step scores G completions of every prompt (a preference pair, two replies). The plain update forward runs each of the
 P * G rows through the whole model, prompt included, so the prompt's activations are
 computed G times. Here (dense Qwen3, through the functional layers of `models/qwen3.py`)
 each distinct prompt runs once, and every completion attends to its prompt's keys and
@@ -13,8 +13,11 @@ values:
 The gradient of the shared prompt activations is the sum over the completions that read
 them (autograd through the `index_select` by owner), which is exactly the plain forward's
 gradient summed over the G copies. So log-probs, entropies and gradients equal the plain
-path's up to float rounding (tests), at (U Lp + N Ls) instead of N (Lp + Ls) tokens of
-layer work. The same idea is "Prefix Grouper" (Liu et al. 2025, arXiv 2506.05433,
+path's up to float rounding (tests). The norms, projections and MLP run on the real tokens
+only, packed (distinct prompts' tokens, then the completions'); attention unpacks them into
+the padded grids above. So the layer work is sum(distinct prompt lengths) + sum(completion
+lengths) tokens instead of N x the padded row length. A LoRA model runs with its adapters
+merged per forward (`models/qwen3.linear_weight`). The same idea is "Prefix Grouper" (Liu et al. 2025, arXiv 2506.05433,
 shared-prefix forward for GRPO); this implementation is our own.
 
 The first completion token is predicted from the prompt's last position, so its hidden
@@ -48,7 +51,7 @@ def group_prompts(input_ids: Tensor, prompt_len: Tensor) -> tuple[list[list[int]
 
 def batch_token_logprobs(model: nn.Module, batch: dict[str, Tensor], *, share_prompts: bool = True,
                          **kwargs) -> tuple[Tensor, Tensor | None]:
-    """(logp, entropy) of an RL batch (`train.rl.build_batch` layout: input_ids,
+    """(logp, entropy) of an RL batch (`train.rl_batch.build_batch` layout: input_ids,
     attention_mask, labels, prompt_len), each (N, T): the shared-prompt forward when it
     applies (`share_prompts`, a model `unsupported_reason` accepts, and at least two rows
     with the same prompt), else `model_token_logprobs`. Same values either way.
