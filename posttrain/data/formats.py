@@ -163,11 +163,24 @@ def to_toml(record: dict[str, Any], _prefix: tuple[str, ...] = ()) -> str:
 
 
 def to_csv(record: dict[str, Any]) -> str:
+    rows = [list(record), [_text(v) for v in record.values()]]
+    if any(f != f.strip() for row in rows for f in row):
+        # the csv module leaves " x " unquoted, and a reader of the payload strips the text
+        # around it (a trailing " " of the last field would vanish): quote such fields
+        return "\n".join(",".join(_csv_field(f) for f in row) for row in rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(list(record))
-    w.writerow([_text(v) for v in record.values()])
+    for row in rows:
+        w.writerow(row)
     return buf.getvalue().rstrip("\n")
+
+
+def _csv_field(f: str) -> str:
+    """One field as csv.writer (QUOTE_MINIMAL) writes it, and quoted when it has leading or
+    trailing whitespace."""
+    if f != f.strip() or any(c in f for c in ',"\r\n'):
+        return '"' + f.replace('"', '""') + '"'
+    return f
 
 
 def to_xml(record: dict[str, Any], root: str = "record") -> str:

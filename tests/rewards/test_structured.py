@@ -493,3 +493,12 @@ def test_repeated_keys_are_not_valid_payloads(fmt, text):
     assert res.score == 0.0 and res.reason in ("duplicate_key", "parse_error")
     unique = {"json": '{"name": "a", "age": 3}', "yaml": "name: a\nage: 3\n", "toml": 'name = "a"\n'}[fmt]
     assert get_reward(f"{fmt}_format")(unique, {}) == 1.0
+
+
+@pytest.mark.parametrize("record", [{"a": " "}, {"a": "x ", "b": " y"}, {"a": 1, "b": "  "}])
+def test_csv_fields_with_outer_whitespace_round_trip(record):
+    """A case the round-trip property found: csv leaves " " unquoted and the payload's
+    surrounding whitespace is stripped on extraction, so the serializer quotes such fields."""
+    text = SERIALIZERS["csv"](record)
+    for kind, res in score_all(text, example_for(record, "csv")).items():
+        assert res.score == 1.0, (kind, res, text)
