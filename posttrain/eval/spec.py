@@ -95,6 +95,15 @@ def write_spec_results(results: dict, out_dir: str | Path) -> Path:
     return path
 
 
+def pool_files(results: dict) -> tuple[float, int]:
+    """(tau, cycles) pooled over every prompt file of `results`: the sum of all cycle taus
+    over all cycles (each file's tau x cycles is its sum of cycle taus). Not tokens / cycles:
+    each prompt's first token comes from the prefill, not from a cycle."""
+    cycles = sum(r["cycles"] for r in results.values())
+    total = sum(round(r["tau"] * r["cycles"]) for r in results.values())  # integers, tau rounded to 1e-4
+    return (total / cycles if cycles else float("nan")), cycles
+
+
 def spec_table(results: dict, title: str = "speculative decoding"):
     from rich.table import Table
     table = Table(title=title)
@@ -105,4 +114,8 @@ def spec_table(results: dict, title: str = "speculative decoding"):
         table.add_row(str(r["prompts"]), f"{r['tau']:.2f}", str(r["cycles"]),
                       f"{r['speedup']:.2f}x" if r["speedup"] else "-", str(r["lossless"]),
                       f"{r['plain_seconds']:.1f}", f"{r['spec_seconds']:.1f}", f"{r['draft_seconds']:.1f}", stem)
+    if len(results) > 1:
+        tau, cycles = pool_files(results)
+        table.add_row(str(sum(r["prompts"] for r in results.values())), f"{tau:.2f}", str(cycles), "", "", "", "", "",
+                      "all files (pooled)")
     return table

@@ -1,6 +1,7 @@
 """posttrain eval spec: the results file and the CLI's errors."""
 import json
 
+import pytest
 import torch
 
 from posttrain.cli import main
@@ -35,3 +36,13 @@ def test_eval_spec_errors_are_one_line(tiny_path, tmp_path, capsys):
     assert main(["eval", "spec", "--target", tiny_path, "--draft", "d", "--prompts",
                  str(tmp_path / "missing.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_pooling_over_files_counts_cycles_not_tokens():
+    """Two files: 4 cycles emitting 10 tokens (tau 2.5) and 2 cycles emitting 10 (tau 5.0):
+    pooled 20 / 6, not the tokens-per-cycle figure that would add each prompt's prefill token."""
+    from posttrain.eval.spec import pool_files
+    results = {"a": {"tau": 2.5, "cycles": 4, "tokens": 12, "prompts": 2},
+               "b": {"tau": 5.0, "cycles": 2, "tokens": 11, "prompts": 1}}
+    tau, cycles = pool_files(results)
+    assert cycles == 6 and tau == pytest.approx(20 / 6)
