@@ -49,20 +49,28 @@ from .loop import BatchStream, LoopResult, seed_everything, start_run, train_loo
 log = logging.getLogger("posttrain")
 
 
+def target_key(recipe: DistillRecipe):
+    """(cache key, SFT recipe) of the target_sft stage: a hash of the resolved SFT recipe in
+    which a built-in model stands as its name and build fingerprint (`builtin:tiny@tiny-v1-
+    <sources hash>`), not its directory, so the key does not change with $POSTTRAIN_CACHE."""
+    from ..config import SFTRecipe
+    from ..models.tiny import resolve_builtin
+    sft = load_recipe(SFTRecipe, find_recipe(recipe.target_sft, "target_sft: recipe"),
+                      [f"model.path={recipe.model.path}", *recipe.target_sft_overrides])
+    sft.train.progress = recipe.train.progress
+    resolved = to_dict(sft)
+    path = resolve_builtin(sft.model.path)  # builds the built-in model if needed
+    resolved["model"]["path"] = f"{sft.model.path}@{Path(path).name}" if path != sft.model.path else path
+    resolved["train"].pop("progress", None)
+    return hashlib.sha256(yaml.safe_dump(resolved, sort_keys=True).encode()).hexdigest()[:12], sft
+
+
 def ensure_target(recipe: DistillRecipe) -> str:
     """The target's model path: model.path, or the cached result of the target_sft recipe."""
     if not recipe.target_sft:
         return recipe.model.path
-    from ..config import SFTRecipe
     from .sft import run_sft
-    sft = load_recipe(SFTRecipe, find_recipe(recipe.target_sft, "target_sft: recipe"),
-                      [f"model.path={recipe.model.path}", *recipe.target_sft_overrides])
-    sft.train.progress = recipe.train.progress
-    from ..models.tiny import resolve_builtin
-    resolved = to_dict(sft)
-    resolved["model"]["path"] = resolve_builtin(sft.model.path)  # the build fingerprint counts
-    resolved["train"].pop("progress", None)
-    key = hashlib.sha256(yaml.safe_dump(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    key, sft = target_key(recipe)
     final = cache_dir() / "targets" / key
     if (final / "final").is_dir():
         log.info("target: reusing %s", final)

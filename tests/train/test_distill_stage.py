@@ -77,3 +77,20 @@ def test_ar_baseline_draft_shares_the_target_embedding_frozen(tiny_path):
     d = ARDrafter(draft)
     d.extend([1, 2, 3], None)
     assert len(d.propose(4, 3)) == 3 and d.cache.get_seq_length() == 3  # drafts cropped away
+
+
+def test_the_target_cache_key_follows_the_recipe_not_the_cache_directory(tmp_path, monkeypatch):
+    """The target_sft result is cached under a hash of the resolved SFT recipe; a built-in
+    model enters it as name + build fingerprint, so another $POSTTRAIN_CACHE finds the same
+    key, and another SFT setting gives another one."""
+    from posttrain.train.distill import target_key
+
+    from posttrain.config import find_recipe
+    recipe = load_recipe(DistillRecipe, find_recipe("tiny-dflash"), [])
+    keys = []
+    for d in ("a", "b"):
+        monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / d))
+        keys.append(target_key(recipe)[0])
+    assert keys[0] == keys[1]
+    other = load_recipe(DistillRecipe, find_recipe("tiny-dflash"), ["target_sft_overrides=[train.max_steps=7]"])
+    assert target_key(other)[0] != keys[0]
