@@ -45,10 +45,9 @@ def random_qwen3(cache: Path, tokenizer_dir: str, layers: int = 0, dtype: str = 
     model = Qwen3ForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    for name in ("generation_config.json",):  # the tiny model's stop tokens
-        src = Path(tokenizer_dir) / name
-        if src.exists():
-            shutil.copy(src, tmp / name)
+    gen = Path(tokenizer_dir) / "generation_config.json"  # the tiny model's stop tokens
+    if gen.exists():
+        shutil.copy(gen, tmp / gen.name)
     tmp.rename(out)
     return str(out)
 

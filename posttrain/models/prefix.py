@@ -1,10 +1,10 @@
 """Per-token log-probs of completions that share prompts, with each prompt run once.
 
-An RL step scores G completions of every prompt (a preference pair, two replies). The plain update forward runs each of the
-P * G rows through the whole model, prompt included, so the prompt's activations are
-computed G times. Here (dense Qwen3, through the functional layers of `models/qwen3.py`)
-each distinct prompt runs once, and every completion attends to its prompt's keys and
-values:
+An RL step scores G completions of every prompt (a preference pair, two replies). The plain
+update forward runs each of the P * G rows through the whole model, prompt included, so the
+prompt's activations are computed G times. Here (dense Qwen3, through the functional layers
+of `models/qwen3.py`) each distinct prompt runs once, and every completion attends to its
+prompt's keys and values:
 
     prompt rows   (U, Lp):  causal self-attention, as in the plain forward
     completions   (N, Ls):  queries attend to [K_prompt[owner] ; K_own] with mask
@@ -17,8 +17,9 @@ path's up to float rounding (tests). The norms, projections and MLP run on the r
 only, packed (distinct prompts' tokens, then the completions'); attention unpacks them into
 the padded grids above. So the layer work is sum(distinct prompt lengths) + sum(completion
 lengths) tokens instead of N x the padded row length. A LoRA model runs with its adapters
-merged per forward (`models/qwen3.linear_weight`). The same idea is "Prefix Grouper" (Liu et al. 2025, arXiv 2506.05433,
-shared-prefix forward for GRPO); this implementation is our own.
+merged per forward (`models/qwen3.linear_weight`). The same idea is "Prefix Grouper" (Liu
+et al. 2025, arXiv 2506.05433, shared-prefix forward for GRPO); this implementation is our
+own.
 
 The first completion token is predicted from the prompt's last position, so its hidden
 state comes from the prompt rows; the others from the completion rows. Scoring goes
@@ -54,9 +55,11 @@ def batch_token_logprobs(model: nn.Module, batch: dict[str, Tensor], *, share_pr
     """(logp, entropy) of an RL batch (`train.rl_batch.build_batch` layout: input_ids,
     attention_mask, labels, prompt_len), each (N, T): the shared-prompt forward when it
     applies (`share_prompts`, a model `unsupported_reason` accepts, and at least two rows
-    with the same prompt), else `model_token_logprobs`. Same values either way.
+    with the same prompt), else `model_token_logprobs`. Same values either way. A row
+    whose prompt is empty (nothing to predict its first token from) takes the plain path.
     kwargs: chunk_size, temperature, with_entropy."""
-    if share_prompts and "prompt_len" in batch and unsupported_reason(model) is None:
+    if (share_prompts and "prompt_len" in batch and bool((batch["prompt_len"] > 0).all())
+            and unsupported_reason(model) is None):
         groups = group_prompts(batch["input_ids"], batch["prompt_len"])
         if len(groups[0]) < len(groups[1]):
             return shared_prefix_logprobs(model, batch["input_ids"], batch["prompt_len"], batch["attention_mask"],
@@ -82,10 +85,12 @@ def shared_prefix_logprobs(
     input_ids[n] = prompt (prompt_len[n] tokens) + completion (up to attention_mask[n].sum()),
     with labels[n, t] the target of position t (IGNORE outside the completion). Rows with the
     same prompt share its forward (`groups`: `group_prompts`' result, if already at hand).
-    The model must pass `unsupported_reason`."""
+    The model must pass `unsupported_reason`, and every prompt must have a token."""
     why = unsupported_reason(model)
     if why is not None:
         raise ValueError(f"shared_prefix_logprobs: {why}")
+    if not bool((prompt_len > 0).all()):
+        raise ValueError("shared_prefix_logprobs: a row has an empty prompt")
     device = input_ids.device
     N, T = input_ids.shape
     prompts, owner_l = groups if groups is not None else group_prompts(input_ids, prompt_len)

@@ -80,10 +80,9 @@ def _log_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, logp - old_logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
 
 
-def _seq_log_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
-    """(B, 1) mean over valid tokens of logp - old_logp."""
-    n = valid.sum(dim=1, keepdim=True).clamp(min=1)
-    return _log_ratio(logp, old_logp, valid).sum(dim=1, keepdim=True) / n
+def _seq_mean(log_ratio: Tensor, valid: Tensor) -> Tensor:
+    """(B, 1) mean over valid tokens of a log-ratio that is 0 at padding."""
+    return log_ratio.sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True).clamp(min=1)
 
 
 def token_ratio(log_ratio: Tensor, valid: Tensor) -> Tensor:
@@ -91,13 +90,11 @@ def token_ratio(log_ratio: Tensor, valid: Tensor) -> Tensor:
 
 
 def sequence_ratio(log_ratio: Tensor, valid: Tensor) -> Tensor:
-    n = valid.sum(dim=1, keepdim=True).clamp(min=1)
-    return torch.exp(log_ratio.sum(dim=1, keepdim=True) / n)  # (B, 1), broadcasts over t
+    return torch.exp(_seq_mean(log_ratio, valid))  # (B, 1), broadcasts over t
 
 
 def sequence_token_ratio(log_ratio: Tensor, valid: Tensor) -> Tensor:
-    n = valid.sum(dim=1, keepdim=True).clamp(min=1)
-    log_s = (log_ratio.sum(dim=1, keepdim=True) / n).detach()  # (B, 1), sg
+    log_s = _seq_mean(log_ratio, valid).detach()  # (B, 1), sg
     own = log_ratio - log_ratio.detach()  # (B, T): value 0, gradient grad logp (0 at padding)
     return torch.exp(log_s + own)
 

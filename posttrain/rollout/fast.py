@@ -36,8 +36,8 @@ into the fused weights (`models/qwen3.linear_weight`), so the rollout follows th
 as trained; the same math as PEFT's forward, rounded differently (log-probs agree to ~1e-6).
 Anything else -- another architecture, MoE (whose routing another path captures), DoRA,
 LoRA dropout, quantised layers (QLoRA), sliding-window or scaled RoPE, stop strings --
-falls back to `HFEngine`, so the engine is always correct and only sometimes fast. `FastEngine.supports(model)` says which,
-and why not.
+falls back to `HFEngine`, so the engine is always correct and only sometimes fast.
+`FastEngine.supports(model)` says which, and why not.
 """
 
 from __future__ import annotations

@@ -156,3 +156,17 @@ def test_a_lora_model_shares_prompts_with_the_same_values_and_adapter_gradients(
         base = batch_token_logprobs(m, b)[0]
         torch.testing.assert_close(base, _plain(m, b)[0], rtol=0, atol=1e-9)
     assert (base - plain[0]).abs().max() > 1e-3
+
+
+def test_an_empty_prompt_takes_the_plain_path(model64, monkeypatch):
+    calls = []
+    real = prefix_mod.shared_prefix_logprobs
+    monkeypatch.setattr(prefix_mod, "shared_prefix_logprobs", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    b = _batch(group=2)
+    b["prompt_len"] = b["prompt_len"].clone()
+    b["prompt_len"][:2] = 0  # e.g. a preference row whose first token is already a reply token
+    with torch.no_grad():
+        batch_token_logprobs(model64, b)
+    assert calls == []
+    with pytest.raises(ValueError, match="empty prompt"):
+        real(model64, b["input_ids"], b["prompt_len"], b["attention_mask"], b["labels"])
