@@ -72,3 +72,21 @@ def peak_tflops(device_name: str) -> float | None:
         if key in device_name:
             return value
     return None
+
+
+def train_phase_flops(out: dict, prompt_tokens: float, model_dir: str, device: str, peak: float) -> None:
+    """Adds `train_phase` to each side of a configuration's result: the nominal 6 N tokens /
+    rest-seconds TFLOP/s (tokens = `prompt_tokens` per step, all rows, + the side's own
+    completion tokens) and the MFU against `peak` TFLOP/s, or the CUDA device's by name."""
+    n_params = matmul_params(model_dir)
+    peak = peak or None
+    if peak is None and device == "cuda":
+        import torch
+        peak = peak_tflops(torch.cuda.get_device_name())
+    for side in ("posttrain", "trl"):
+        s = out[side]
+        tokens = prompt_tokens + s["tokens_per_step"]
+        tflops = 6 * n_params * tokens / s["split_s"]["rest"] / 1e12
+        s["train_phase"] = {"matmul_params": n_params, "seq_tokens_per_step": round(tokens, 1),
+                            "nominal_tflops": round(tflops, 4),
+                            "mfu": round(tflops / peak, 4) if peak else None, "peak_tflops": peak}

@@ -88,8 +88,9 @@ of the path). Not run in any session so far (no GPU lent):
 
 --profile N runs no comparison: it times N posttrain steps of the first configuration after
 --warmup, then runs N more under cProfile and prints, per phase, the cumulative seconds per
-step of the main functions (model forward, sampling, KV cache, reward round trips, update
-forward, backward, optimizer) and the top functions by own time. cProfile adds about 10%.
+step of the main functions (decoder forward, sampling, reward round trips, the shared-prompt
+update forward, the chunked head, backward, optimizer; benchmarks/_rl_profile.py) and the top
+functions by own time. cProfile adds about 10%.
 
     python benchmarks/rl_step_vs_trl.py                         # ~1 min on 2 idle CPU cores
     python benchmarks/rl_step_vs_trl.py --configs 4,4,64 --steps 3
@@ -115,8 +116,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from _models import matmul_params, peak_tflops, random_qwen3  # noqa: E402  (benchmarks/_models.py)
-from _proc import busy_s, reset_peak, status_kib, tree_cpu_s  # noqa: E402  (benchmarks/_proc.py)
+from _models import random_qwen3, train_phase_flops  # noqa: E402  (benchmarks/_models.py)
+from _proc import Channel, PeakTracker, busy_s, status_kib, tree_cpu_s  # noqa: E402  (benchmarks/_proc.py)
 
 JSON_PUNCT = set('{}[]":,')
 OBJECTIVES = {  # posttrain objective -> the matching TRL settings
@@ -172,52 +173,8 @@ def parse_config(text: str) -> tuple[int, int, int]:
 # Protocol (one JSON object per line): the worker writes {"ready": {...}} once set up, then
 # answers each command read from stdin: "step" -> {"step": {...}}, "reset_peak" ->
 # {"reset_peak": ...}, "stop" -> {"final": {...}} and exits. Its stdout (fd 1) is pointed at
-# stderr so library prints cannot corrupt the protocol, which goes to a saved copy of fd 1.
-
-
-class Channel:
-    def __init__(self):
-        self.out = os.fdopen(os.dup(1), "w", buffering=1)
-        os.dup2(2, 1)
-
-    def send(self, obj: dict) -> None:
-        self.out.write(json.dumps(obj) + "\n")
-        self.out.flush()
-
-    def recv(self) -> str:
-        line = sys.stdin.readline()
-        return line.strip() or "stop"
-
-
-class PeakTracker:
-    """VmHWM before and after the reset that starts the timed steps."""
-
-    def __init__(self):
-        self.setup_rss = self.before_reset = self.base = None
-        self.cleared = False
-
-    def ready(self) -> float:
-        self.setup_rss = status_kib("VmRSS") / 1024
-        return self.setup_rss
-
-    def reset(self) -> dict:
-        self.before_reset = status_kib("VmHWM") / 1024
-        self.cleared = reset_peak()
-        self.base = status_kib("VmRSS") / 1024
-        return {"cleared": self.cleared}
-
-    def final(self) -> dict:
-        hwm = status_kib("VmHWM") / 1024
-        cuda = _cuda_peak_mib()
-        before = self.before_reset if self.before_reset is not None else hwm
-        out = {"peak_rss_mib": round(max(hwm, before), 1), "rss_after_setup_mib": round(self.setup_rss, 1)}
-        if self.base is not None:
-            out["peak_rss_setup_warmup_mib"] = round(before, 1)
-            out["rss_before_timed_mib"] = round(self.base, 1)
-            out["timed_peak_increase_mib"] = round(hwm - self.base, 1) if self.cleared else None
-        if cuda is not None:
-            out["cuda_peak_allocated_mib"] = cuda
-        return out
+# stderr so library prints cannot corrupt the protocol, which goes to a saved copy of fd 1
+# (`_proc.Channel`); `_proc.PeakTracker` reports each worker's memory.
 
 
 def _sync(args) -> None:
@@ -225,13 +182,6 @@ def _sync(args) -> None:
     if args.device == "cuda":
         import torch
         torch.cuda.synchronize()
-
-
-def _cuda_peak_mib() -> float | None:
-    import torch
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return None
-    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def _threads(args) -> int:
@@ -536,7 +486,8 @@ def run_config(config: str, argv: list[str], args, model_path: str, log_dir: Pat
             if w.proc.poll() is None:
                 w.proc.kill()
     out = {side: summarise(steps[side], finals[side], ready[side]) for side in workers}
-    _train_flops(out, args, p, g, model_path)
+    prompts = prompt_tokens_per_step(args, p, args.warmup + args.steps, model_path)[args.warmup:]
+    train_phase_flops(out, g * statistics.mean(prompts), model_path, args.device, args.peak_tflops)
     out["threads"] = ready["posttrain"]["threads"]
     out["prompts"], out["group_size"], out["max_new_tokens"] = p, g, length
     out["ratio"] = round(out["trl"]["s_per_step"] / out["posttrain"]["s_per_step"], 3)
@@ -551,124 +502,8 @@ def prompt_tokens_per_step(args, p: int, n_steps: int, model_path: str) -> list[
 
     from posttrain.data.chat import tokenize_prompt
     tok = AutoTokenizer.from_pretrained(model_path)
-    rows = trl_dataset(args, p, n_steps)
-    lens = [len(tokenize_prompt(tok, r["prompt"])) for r in rows]
+    lens = [len(tokenize_prompt(tok, r["prompt"])) for r in trl_dataset(args, p, n_steps)]
     return [sum(lens[i * p:(i + 1) * p]) for i in range(n_steps)]
-
-
-def _train_flops(out: dict, args, p: int, g: int, model_path: str) -> None:
-    """Per side: the nominal training-phase throughput 6 N tokens / rest seconds (tokens =
-    prompt + completion tokens of all rows; benchmarks/_models.py), and the MFU against the
-    device peak where it is known (--peak-tflops, or by the CUDA device's name)."""
-    n_params = matmul_params(model_path)
-    prompts = prompt_tokens_per_step(args, p, args.warmup + args.steps, model_path)[args.warmup:]
-    seq_tokens = g * statistics.mean(prompts)  # + each side's own completion tokens
-    peak = args.peak_tflops or None
-    if peak is None and args.device == "cuda":
-        import torch
-        peak = peak_tflops(torch.cuda.get_device_name())
-    for side in ("posttrain", "trl"):
-        s = out[side]
-        tokens = seq_tokens + s["tokens_per_step"]
-        tflops = 6 * n_params * tokens / s["split_s"]["rest"] / 1e12
-        s["train_phase"] = {"matmul_params": n_params, "seq_tokens_per_step": round(tokens, 1),
-                            "nominal_tflops": round(tflops, 4),
-                            "mfu": round(tflops / peak, 4) if peak else None, "peak_tflops": peak}
-
-
-def _profile_targets() -> dict:
-    """{phase: [(label, function)]}: what --profile reports, as cumulative seconds per step.
-    Qwen3ForCausalLM.forward is called only by generation (the update runs the backbone,
-    Qwen3Model, through model_token_logprobs), so it is the rollout's model time."""
-    import torch
-    from transformers.cache_utils import DynamicLayer
-    from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
-
-    from posttrain.models.logprobs import model_token_logprobs
-    from posttrain.objectives.loss import policy_loss
-    from posttrain.rewards.base import RewardSet, _Worker
-    from posttrain.rollout.hf import HFEngine, sample_next
-    from posttrain.train import rl
-    from posttrain.train.loop import optimizer_step
-
-    exponential = "<method 'exponential_' of 'torch._C.TensorBase' objects>"
-    return {
-        "rollout": [("engine.generate (whole rollout)", HFEngine.generate),
-                    ("model forward (Qwen3ForCausalLM, prefill + decode)", Qwen3ForCausalLM.forward),
-                    ("KV-cache update (DynamicLayer.update, torch.cat)", DynamicLayer.update),
-                    ("sample_next (log_softmax, softmax, Gumbel, gather)", sample_next),
-                    ("Tensor.exponential_ (Gumbel noise, inside sample_next)", exponential),
-                    ("tokenizer.decode (HFEngine._text)", HFEngine._text)],
-        "reward": [("RewardSet.evaluate (whole reward)", RewardSet.evaluate),
-                   ("reward-worker round trips (_Worker.call)", _Worker.call)],
-        "train": [("_update (whole update)", rl._update),
-                  ("model_token_logprobs (backbone forward + chunked head)", model_token_logprobs),
-                  ("backward", torch.Tensor.backward),
-                  ("policy_loss", policy_loss),
-                  ("optimizer_step (clip + AdamW + schedule)", optimizer_step),
-                  ("build_batch (before the update)", rl.build_batch)],
-    }
-
-
-def _profile_rows(stats, steps: int) -> dict:
-    """{phase: {label: cumulative seconds per step}} from a pstats.Stats."""
-    import inspect
-
-    by_key = {key: ct for key, (_cc, _nc, _tt, ct, _callers) in stats.stats.items()}
-    out = {}
-    for phase, rows in _profile_targets().items():
-        out[phase] = {}
-        for label, fn in rows:
-            if isinstance(fn, str):  # a builtin: pstats keys it as ("~", 0, name)
-                key = ("~", 0, fn)
-            else:
-                code = inspect.unwrap(fn).__code__
-                key = (code.co_filename, code.co_firstlineno, code.co_name)
-            out[phase][label] = round(by_key.get(key, 0.0) / steps, 4)
-    return out
-
-
-def profile_posttrain(args) -> None:
-    """cProfile --profile posttrain steps (after --warmup) of the first configuration."""
-    import cProfile
-    import io
-    import pstats
-
-    p, g, length = parse_config(args.configs[0])
-    threads = _threads(args)
-    with tempfile.TemporaryDirectory() as out_dir:
-        ctx, rl_step = posttrain_context(args, p, g, length, out_dir)
-        for _ in range(args.warmup):
-            rl_step(ctx)
-        # the same steps unprofiled first, to show cProfile's own overhead
-        plain = []
-        for _ in range(args.profile):
-            t = time.perf_counter()
-            rl_step(ctx)
-            plain.append(time.perf_counter() - t)
-        prof = cProfile.Profile()
-        recs = []
-        prof.enable()
-        for _ in range(args.profile):
-            recs.append(rl_step(ctx))
-        prof.disable()
-    keys = ["time/step", "time/rollout", "time/reward", "time/old_logp", "time/train"]
-    mean = {k.split("/")[1]: round(sum(r[k] for r in recs) / len(recs), 4) for k in keys}
-    stats = pstats.Stats(prof)
-    rows = _profile_rows(stats, args.profile)
-    print(f"config P={p} G={g} L={length}, {threads} threads: {args.profile} steps unprofiled "
-          f"{statistics.mean(plain):.3f} s/step; profiled, mean per step: {mean}", file=sys.stderr)
-    for phase, items in rows.items():
-        print(f"  {phase}:", file=sys.stderr)
-        for label, t in items.items():
-            print(f"    {t:8.4f} s/step  {label}", file=sys.stderr)
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(20)
-    print(buf.getvalue(), file=sys.stderr)
-    print(json.dumps({"benchmark": "rl_step_vs_trl", "profile": True, "config": args.configs[0],
-                      "threads": threads, "steps": args.profile,
-                      "unprofiled_s_per_step": round(statistics.mean(plain), 4),
-                      "profiled_mean_s": mean, "profiled_s_per_step": rows}))
 
 
 def versions() -> dict:
@@ -701,7 +536,8 @@ def main(argv=None):
     if args.model != "tiny":
         args.model_path = random_qwen3(cache_dir() / "bench", args.model_path, args.layers, args.dtype)
     if args.profile:
-        profile_posttrain(args)
+        from _rl_profile import profile_posttrain
+        profile_posttrain(args, parse_config(args.configs[0]), _threads(args), posttrain_context)
         return
     base_argv = ["--device", args.device, "--dtype", args.dtype,
                  "--warmup", str(args.warmup), "--steps", str(args.steps), "--objective", args.objective,
