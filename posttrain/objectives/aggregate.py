@@ -59,12 +59,31 @@ def masked_sum(x: Tensor, valid: Tensor, dim=None) -> Tensor:
     `valid` bool: padding values are never read (`torch.where`). `valid` a 0/1 float
     weight: x * valid, about 5x cheaper on CPU than `where`, for callers that guarantee x
     is finite at padding (`policy_loss` cleans its inputs first); NaN or inf there would
-    leak through the product."""
+    leak through the product. A row-broadcast x of shape (B, 1) against a (B, T) `valid`
+    is summed as x_i * (row i's count): the same sum, in (B,) work."""
+    if _per_row(x, valid) and dim in (None, 1, -1):
+        z = _row_sums(x, valid, valid.sum(dim=1))
+        return z.sum() if dim is None else z
     if valid.dtype == torch.bool:
         z = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
     else:
         z = x * valid
     return z.sum() if dim is None else z.sum(dim=dim)
+
+
+def _per_row(x: Tensor, valid: Tensor) -> bool:
+    """x holds one value per row (a sequence-level loss, (B, 1)) against a (B, T) mask."""
+    return x.dim() == 2 and x.shape[1] == 1 < valid.shape[1]
+
+
+def _row_sums(x: Tensor, valid: Tensor, count: Tensor) -> Tensor:
+    """(B,) sum_t x_i v_it = x_i * count_i for a per-row x (B, 1), count = valid.sum(1):
+    the same sums without the (B, T) broadcast, forward and backward. With a bool `valid`
+    an empty row's value is never read."""
+    row = x[:, 0]
+    if valid.dtype == torch.bool:
+        row = torch.where(count > 0, row, torch.zeros((), dtype=x.dtype, device=x.device))
+    return row * count.to(x.dtype)
 
 
 def _rows(valid: Tensor, num_seqs: Number | None) -> Number:
@@ -77,8 +96,9 @@ def _token_mean(loss: Tensor, valid: Tensor, *, num_tokens: Number | None = None
 
 
 def _seq_mean_token_mean(loss: Tensor, valid: Tensor, *, num_seqs: Number | None = None) -> Tensor:
-    n = valid.sum(dim=1).clamp(min=1)  # (B,)
-    per_seq = masked_sum(loss, valid, dim=1) / n  # (B,)
+    count = valid.sum(dim=1)  # (B,)
+    n = count.clamp(min=1)
+    per_seq = (_row_sums(loss, valid, count) if _per_row(loss, valid) else masked_sum(loss, valid, dim=1)) / n
     return per_seq.sum() / _rows(valid, num_seqs)
 
 

@@ -245,7 +245,7 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
     adv = _as(advantages.detach(), dt)
     adv = adv[:, None] if adv.dim() == 1 else clean(adv)  # (B, 1) broadcasts, or (B, T)
 
-    ratio = m["_ratio"](log_ratio, valid)  # (B, T), or (B, 1) per sequence
+    ratio = m["_ratio"](log_ratio, weight)  # (B, T), or (B, 1) per sequence
     loss_tok = sur.fn(ratio, adv, logp, stats, **sp)  # broadcasts to (B, T)
     if stats:
         stats.mean("ratio/mean", ratio)

@@ -85,9 +85,8 @@ def _check_eps(p: Mapping[str, Any]) -> None:
 
 
 def clip_surrogate(ratio, adv, logp, stats: TokenStats, *, eps_low: float, eps_high: float):
-    pg1 = ratio * adv
-    pg2 = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
-    loss = -torch.min(pg1, pg2)  # (B, T)
+    neg_adv = -adv  # -min(r A, c A) = max(r (-A), c (-A)): the negation on A, often (B, 1)
+    loss = torch.max(ratio * neg_adv, ratio.clamp(1 - eps_low, 1 + eps_high) * neg_adv)  # (B, T)
     if stats:
         r = ratio.detach()
         stats.frac("clip/low_frac", (adv < 0) & (r < 1 - eps_low))
@@ -116,7 +115,7 @@ def _check_sapo(p):
 
 def cispo_surrogate(ratio, adv, logp, stats: TokenStats, *, is_cap: float):
     r = ratio.detach()
-    loss = -r.clamp(max=is_cap) * adv * logp  # (B, T)
+    loss = r.clamp(max=is_cap) * -adv * logp  # (B, T); -adv is (B, 1) for a per-sequence A
     if stats:
         stats.frac("cispo/capped_frac", r > is_cap)
     return loss
@@ -130,7 +129,7 @@ def _check_cispo(p):
 def reinforce_surrogate(ratio, adv, logp, stats: TokenStats, *, eps_low: float | None,
                         eps_high: float | None):
     r = ratio.detach()
-    loss = -r * adv * logp  # (B, T)
+    loss = r * -adv * logp  # (B, T); -adv is (B, 1) for a per-sequence A
     stale = None
     if eps_high is not None:
         stale = (adv > 0) & (r > 1 + eps_high)

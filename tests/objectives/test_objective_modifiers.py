@@ -157,6 +157,29 @@ def test_aggregations_hand_values(agg, expected):
     assert AGGREGATIONS.names() == ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "constant"]
 
 
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "constant"])
+@pytest.mark.parametrize("float_mask", [False, True])
+def test_a_per_row_loss_aggregates_as_its_broadcast(agg, float_mask):
+    """A (B, 1) sequence-level loss (GSPO's) takes the (B,) path: same value and gradient as
+    the (B, T) broadcast, hand-checked; an empty row counts 0 (with a bool mask even when
+    its value is NaN: never read)."""
+    kw = {"max_completion_len": 6} if agg == "constant" else {}
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=torch.bool)
+    m = mask.to(F64) if float_mask else mask
+    row = torch.tensor([[2.0], [-1.0], [0.5 if float_mask else float("nan")]], dtype=F64, requires_grad=True)
+    fast = aggregate(agg, row, m, **kw)
+    (g_fast,) = torch.autograd.grad(fast, row)
+    wide = aggregate(agg, row.detach().expand(3, 3).clone().requires_grad_(True), m, **kw)
+    expected = {"token-mean": (2 * 2 - 3) / 5, "seq-mean-token-mean": (2 - 1) / 3,
+                "seq-mean-token-sum": (2 * 2 - 3) / 3, "constant": (2 * 2 - 3) / 18}[agg]
+    close(fast, expected)
+    close(fast, wide.detach())
+    counts = torch.tensor([2.0, 3.0, 0.0], dtype=F64)
+    per = {"token-mean": counts / 5, "seq-mean-token-mean": (counts > 0).to(F64) / 3,
+           "seq-mean-token-sum": counts / 3, "constant": counts / 18}[agg]
+    close(g_fast[:, 0], per)
+
+
 def test_aggregation_override_and_empty_batch():
     logp = torch.full((2, 2), -1.0, dtype=F64, requires_grad=True)
     out = policy_loss("sapo", logp, logp.detach(), t([1.0, 1.0]), torch.tensor([[1, 0], [1, 1]]),
