@@ -54,7 +54,7 @@ def sample_next(logits: Tensor, params: SamplingParams) -> tuple[Tensor, Tensor]
         tokens = logits.argmax(dim=-1)
         logp = torch.log_softmax(logits, dim=-1)
     else:
-        scaled = logits / params.temperature
+        scaled = logits if params.temperature == 1 else logits / params.temperature  # x / 1 == x
         logp = torch.log_softmax(scaled, dim=-1)
         kept = filter_logits(scaled, params)
         probs = torch.softmax(kept, dim=-1)
