@@ -12,7 +12,8 @@ are in `models/qwen3.py`, shared with the update's shared-prompt forward):
       h      = rmsnorm(x) ;  q, k, v = h @ [Wq; Wk; Wv]^T              one fused matmul
       q, k   = rmsnorm_head(q), rmsnorm_head(k)                        Qwen3's q/k norms, one op pair
       q, k   = q cos + rot(q) sin                                      RoPE, rot as a +-1 matmul
-      K[:, :, t], V[:, :, t] = k, v                                    static cache, preallocated
+      K^T[..., t], V[:, :, t] = k, v                                   static cache, preallocated;
+                                                                       keys stored transposed
       x     += o_proj(attn(q, K[:, :, :t+1], V[:, :, :t+1], key mask, GQA))  SDPA in the
                                                                        prefill, batched matmuls
                                                                        + softmax per decode step
@@ -61,7 +62,8 @@ rows are live; until then finished rows ride along (cheaper than copying the cac
 
 
 class _Decoder:
-    """One batch: static KV cache of (rows, nkv, prompt + max_new, hd) per layer."""
+    """One batch: static KV cache per layer, keys (rows, nkv, hd, prompt + max_new) and
+    values (rows, nkv, prompt + max_new, hd)."""
 
     def __init__(self, w: Qwen3Weights, rows: int, max_len: int, device):
         self.w = w
