@@ -98,7 +98,8 @@ def _token_mean(loss: Tensor, valid: Tensor, *, num_tokens: Number | None = None
 def _seq_mean_token_mean(loss: Tensor, valid: Tensor, *, num_seqs: Number | None = None) -> Tensor:
     count = valid.sum(dim=1)  # (B,)
     n = count.clamp(min=1)
-    per_seq = (_row_sums(loss, valid, count) if _per_row(loss, valid) else masked_sum(loss, valid, dim=1)) / n
+    sums = _row_sums(loss, valid, count) if _per_row(loss, valid) else masked_sum(loss, valid, dim=1)
+    per_seq = sums / n  # (B,)
     return per_seq.sum() / _rows(valid, num_seqs)
 
 

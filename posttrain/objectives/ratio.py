@@ -81,7 +81,8 @@ def _log_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
 
 
 def _seq_mean(log_ratio: Tensor, valid: Tensor) -> Tensor:
-    """(B, 1) mean over valid tokens of a log-ratio that is 0 at padding."""
+    """(B, 1) mean over valid tokens of a log-ratio that is 0 at padding; valid bool or 0/1
+    float (a float mask sums without the bool -> int64 copy)."""
     return log_ratio.sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True).clamp(min=1)
 
 
@@ -103,7 +104,8 @@ def sequence_token_ratio(log_ratio: Tensor, valid: Tensor) -> Tensor:
 class RatioLevel:
     fn: Callable[[Tensor, Tensor], Tensor]
     """(log_ratio, valid) -> (B, T) or (B, 1) ratio, differentiable w.r.t. logp through
-    log_ratio = logp - old_logp, which `policy_loss` passes with padding already 0."""
+    log_ratio = logp - old_logp, which `policy_loss` passes with padding already 0; valid
+    is the (B, T) mask, bool or 0/1 float (`policy_loss` passes its float weight)."""
     formula: str
 
 
