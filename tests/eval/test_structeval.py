@@ -1,7 +1,8 @@
 """StructEval-T scoring: perfect, partial and broken outputs per format on real records
 (hand-worked fractions), extraction, each reference quirk in the default and corrected
 modes, aggregation, a sweep that builds a perfect document for every sample record, and
-adversarial inputs stopped at a named limit."""
+adversarial inputs stopped at a named limit. The extraction rules and the path tokens on
+their own: test_structeval_parse.py, test_structeval_paths.py."""
 
 import json
 import re
@@ -12,6 +13,7 @@ import yaml
 
 from posttrain.data.formats import to_toml
 from posttrain.eval import structeval as SE
+from posttrain.eval.structeval import parse as SP
 from posttrain.eval.structeval import load_structeval, score, score_example, score_records, tokenize
 from posttrain.rewards.structured import MAX_DEPTH, MAX_NODES
 
@@ -205,17 +207,6 @@ def test_unparsable_outputs_score_zero(tid, broken, corrected):
 # --------------------------------------------------------------------------- extraction
 
 
-def test_extraction_rules():
-    ex = SE.extract_code
-    assert ex("a\n```json\n{}\n```\nb\n```\n[1]\n```") == ("{}", "fence")  # the first fence
-    assert ex("```yaml title\nk: v\n```") == ("k: v", "fence")             # any header line
-    assert ex("intro\n```\nk: v") == ("k: v", "fence")                     # unclosed: to the end
-    assert ex("```json {\"a\": 1}```") == ('```json {"a": 1}```', "whole")  # no newline: no fence
-    assert ex("x <|begin_code|> a: 1 <|End_Code|> y") == ("a: 1", "markers")
-    assert ex("x <|BEGIN_CODE|>\na: 1") == ("a: 1", "markers")            # end marker optional
-    assert ex("  <code>{}</code>\n") == ("<code>{}</code>", "whole")       # <code> not recognised
-
-
 def test_prose_around_an_unfenced_payload_fails_and_the_first_fence_wins():
     body = json.dumps(NOVEL)
     assert score(rec("000500"), f"Sure! {body} Hope it helps.")["final_score"] == 0.0
@@ -351,22 +342,7 @@ def test_q10_attribute_for_a_plain_path_and_the_at_fallback():
     assert both(at, '<recipe lang="en"><title>t</title></recipe>') == (1.0, 1.0)
 
 
-# --------------------------------------------------------------------------- paths, records, aggregation
-
-
-def test_path_tokens():
-    assert tokenize("a[0].b.*") == (("key", "a"), ("index", 0), ("key", "b"), ("any", None))
-    assert tokenize("a..b.`c.d`") == (("key", "a"), ("key", "b"), ("key", "c.d"))
-    assert tokenize("csv::habitat.region") == (("csv", "habitat.region"),)
-    assert tokenize("a[*]") == (("key", "a"), ("any", None))
-    found = SE.path_found
-    doc = {"a": [{"b": 1}, {"c": None}], "d": {"0": 1}, "e": [1]}
-    assert found(doc, tokenize("a.*.c")) and found(doc, tokenize("a[1].c")) and found(doc, tokenize("d.0"))
-    assert not found(doc, tokenize("a[2]")) and not found(doc, tokenize("a[-1]"))
-    assert not found(doc, tokenize("e.0"))  # `.0` is a key, not an index
-    assert not found(doc, tokenize("d.*")) and not found(doc, tokenize("a.b"))  # `*` on a dict; key on list
-    assert not found(doc, tokenize("a[0].b.c"))  # a token on a scalar
-    assert found(doc, tokenize("e.*")) and not found({"e": []}, tokenize("e.*"))
+# --------------------------------------------------------------------------- records, aggregation
 
 
 def test_bad_records_and_files_give_clear_errors(tmp_path):
@@ -538,9 +514,10 @@ def test_one_megabyte_generations_stop_at_the_payload_cap(make, where, tid, monk
     """Extraction is linear (str.find), and no loader ever sees the megabyte."""
     def no_parse(*args, **kwargs):
         raise AssertionError("a payload over MAX_PAYLOAD_CHARS reached a parser")
+    assert SE.load is SP.load  # the parsers are looked up in .parse, where load lives
     for name in ("_load_yaml", "xml_to_dict", "parse_payload"):
-        monkeypatch.setattr(SE, name, no_parse)
-    monkeypatch.setattr(SE.json, "loads", no_parse)  # the json module itself, restored after
+        monkeypatch.setattr(SP, name, no_parse)
+    monkeypatch.setattr(SP.json, "loads", no_parse)  # the json module itself, restored after
     gen = make(1_000_000)
     for corrected in (False, True):
         r = score_example(rec(tid), gen, corrected)

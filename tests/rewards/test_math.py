@@ -1,9 +1,9 @@
-"""Math rewards: extraction, normalisation, numeric and symbolic equality, and the
+"""Math rewards: numeric and symbolic equality, the rewards, GSM8K gold answers, and the
 guarantees against adversarial completions (never raises; bounded work, asserted by the
-limit that fires, not by a wall clock; only the kill of a symbolic check keeps a loose one)."""
+limit that fires, not by a wall clock; only the kill of a symbolic check keeps a loose one).
+Normalisation and extraction on their own: test_math_normalize.py, test_math_extract.py."""
 
 import json
-import math
 import sys
 import threading
 import time
@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import posttrain.rewards.math as mr
+import posttrain.rewards.math.extract as mx
+import posttrain.rewards.math.normalize as mn
 from posttrain.rewards import REWARDS, get_reward
 from posttrain.rewards.math import answers_match, extract_answer, extract_reference, normalize_number
 
@@ -63,10 +65,12 @@ def work(monkeypatch):
             log[name] += 1
             return fn(*args, **kwargs)
         return wrapped
-    monkeypatch.setattr(mr, "_finish_span", counting("spans", mr._finish_span))
-    monkeypatch.setattr(mr, "_boxed_contents", counting("boxes", mr._boxed_contents))
-    monkeypatch.setattr(mr, "_BRACE_RE", _Spy(mr._BRACE_RE, log["brace_scan"]))
-    monkeypatch.setattr(mr, "_UNIT_TAIL_RE", _Spy(mr._UNIT_TAIL_RE, log["unit_scan"]))
+    # patched where they are looked up: extraction's helpers in .extract, units in .normalize
+    assert extract_answer.__globals__ is vars(mx) and normalize_number.__globals__ is vars(mn)
+    monkeypatch.setattr(mx, "_finish_span", counting("spans", mx._finish_span))
+    monkeypatch.setattr(mx, "_boxed_contents", counting("boxes", mx._boxed_contents))
+    monkeypatch.setattr(mx, "_BRACE_RE", _Spy(mx._BRACE_RE, log["brace_scan"]))
+    monkeypatch.setattr(mn, "_UNIT_TAIL_RE", _Spy(mn._UNIT_TAIL_RE, log["unit_scan"]))
     return log
 
 
@@ -75,113 +79,7 @@ def no_symbolic(monkeypatch):
     """Fail the test if math-verify would be asked (plain numbers must not need it)."""
     def boom(*args):
         raise AssertionError(f"symbolic check called for {args[:2]}")
-    monkeypatch.setattr(mr, "_symbolic", boom)
-
-
-def test_module_name_does_not_shadow_stdlib_math():
-    assert mr.gcd is math.gcd
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-@pytest.mark.parametrize("raw, canon", [
-    ("1,234", "1234"), ("1,450,000", "1450000"), ("$18.50.", "18.5"), ("\\$5", "5"),
-    ("-$5", "-5"), ("50%", "50"), ("50\\%", "50"), ("12 cm", "12"), ("18 dollars", "18"),
-    ("18\\text{ dollars}", "18"), ("30^{\\circ}", "30"), ("10 square feet", "10"),
-    ("5 km/h", "5"), ("-0.0", "0"), ("\u22127", "-7"), (".5", "0.5"), ("5.", "5"),
-    ("1{,}000", "1000"), ("1\\,000", "1000"), ("{{{1}}}", "1"), ("(-5)", "-5"),
-    ("\\frac{3}{4}", "0.75"), ("\\dfrac12", "0.5"), ("-\\frac{1}{2}", "-0.5"),
-    ("\\frac{-1}{-2}", "0.5"), ("6/8", "0.75"), ("2/6", "1/3"), ("-4/2", "-2"),
-    ("1e999999", "1e999999"), ("1" + "0" * 40, "1e40"), ("1.5e-40", "15e-41"),
-    ("0.000001", "0.000001"),
-])
-def test_normalize_number(raw, canon):
-    assert normalize_number(raw) == canon
-
-
-@pytest.mark.parametrize("raw", ["", "  ", "1,2", "1,2345", "2x", "x", "m", "%", "$", "3/0",
-                                 "1.2.3", "\\frac{x}{2}", "five", "1e99999999999", None, 18,
-                                 "\\frac{" + "1" * 5000 + "}{3}", "1" * 5000 + "/3"])
-def test_normalize_number_rejects(raw):
-    assert normalize_number(raw) is None
-
-
-# --------------------------------------------------------------------------- extraction
-
-
-@pytest.mark.parametrize("text, answer", [
-    ("She makes 9 * 2 = $18 every day.\n#### 18", "18"),
-    ("#### 1,234", "1234"),
-    ("#### $1,234.00", "1234"),
-    ("The answer is $18.50.", "18.5"),
-    ("So the answer is 18 eggs.", "18"),
-    ("the answer is 9 * 2 = 18", "18"),
-    ("The answer is x = 5.", "5"),
-    ("So the answer is 2x+1.", "2x+1"),
-    ("The answer is 5. Actually, the answer is unclear.", "5"),
-    ("\\boxed{\\frac{1}{2}}", "0.5"),
-    ("so $x = \\boxed{{a}+{b}}$", "{a}+{b}"),
-    ("\\boxed{\\boxed{5}}", "5"),
-    ("first \\boxed{3}, then corrected: \\boxed{4}", "4"),
-    ("\\fbox{12}", "12"),
-    ("\\boxed 7", "7"),
-    ("\\boxed{18 \\text{ dollars}}", "18"),
-    ("\\boxed{\\text{Tuesday}}", "\\text{Tuesday}"),
-    ("**Final Answer:** $\\frac{\\sqrt{3}}{2}$", "\\frac{\\sqrt{3}}{2}"),
-    ("Q: how many?\nA: 7", "7"),
-    ("Answer: 50%", "50"),
-    ("I have 3 apples and 4 pears, so 7 fruit.", "7"),
-    ("It drops to -5 degrees.", "-5"),
-    ("16-3", "3"),
-    ("the level is 3.25 now", "3.25"),
-    ("3/4 of them", "0.75"),
-    ("#### Step 1\nthen we get 5", "5"),   # a markdown heading is not an answer
-    ("#### 3\n#### 1450000", "1450000"),  # flexible: the last one
-    ("no digits here", None),
-    ("", None),
-])
-def test_extract_flexible(text, answer):
-    assert extract_answer(text) == answer
-
-
-@pytest.mark.parametrize("text, answer", [
-    ("so 18.\n#### 18", "18"),
-    ("#### -1,234.", "-1234"),
-    ("#### 1450000\n#### 3", "1450000"),  # strict: the first, as lm-evaluation-harness
-    ("The answer is 18.", None),
-    ("\\boxed{18}", None),
-    ("#### $18", None),
-])
-def test_extract_strict(text, answer):
-    assert extract_answer(text, mode="strict") == answer
-
-
-def test_extract_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="flexible"):
-        extract_answer("1", mode="lenient")
-
-
-@pytest.mark.parametrize("text, flexible, strict", [
-    ("<think>the answer is 3</think>The answer is 4", "4", None),
-    ("<think>#### 3</think> so 4", "4", None),
-    ("</think> #### 9", "9", "9"),            # the template opened <think> in the prompt
-    ("<think>#### 3", None, None),            # truncated mid-thought
-    ("<think>a</think> b <think> #### 7", None, None),
-])
-def test_thinking_is_skipped(text, flexible, strict):
-    assert extract_answer(text) == flexible
-    assert extract_answer(text, mode="strict") == strict
-
-
-@pytest.mark.parametrize("ref, answer", [
-    ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\n#### 1,450", "1450"),
-    ("18", "18"), (18, "18"), (0.5, "0.5"), ("\\frac{1}{2}", "0.5"),
-    ("$\\sqrt{2}$", "\\sqrt{2}"), ("so the result is \\boxed{\\pi}", "\\pi"), ("", None),
-    (None, None), (True, None),
-])
-def test_extract_reference(ref, answer):
-    assert extract_reference(ref) == answer
+    monkeypatch.setattr(mr, "_symbolic", boom)  # looked up here, by _compare
 
 
 # --------------------------------------------------------------------------- equality
