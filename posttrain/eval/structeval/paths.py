@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 from posttrain.eval.structeval.parse import CsvHeader
 
+
 class MalformedPath(ValueError):
     """A path the reference scorer cannot tokenise (an unclosed `[`)."""
 
