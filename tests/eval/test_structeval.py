@@ -491,7 +491,7 @@ def test_xml_entities_are_never_expanded_nor_fetched():
     assert got.final_score == 1.0, got  # like xmltodict: the reference is dropped, not expanded
     assert SE.xml_to_dict(text_bomb) == {"a": {"b": None}}
     got = score_example(r, f'<?xml version="1.0"?><!DOCTYPE a [{ents}]><a b="&l9;"/>')
-    if SE._EXPAT_GUARDED:  # attribute values are expanded by expat, which stops the bomb
+    if SP._EXPAT_GUARDED:  # attribute values are expanded by expat, which stops the bomb
         assert got.reason == "parse_error" and "amplification" in got.detail, got
     else:  # an old expat: any entity declaration is refused
         assert got.reason == "unsafe", got
@@ -522,14 +522,14 @@ def test_one_megabyte_generations_stop_at_the_payload_cap(make, where, tid, monk
     for corrected in (False, True):
         r = score_example(rec(tid), gen, corrected)
         assert (r.reason, r.extracted_from, r.final_score) == ("payload_too_large", where, 0.0), r
-        assert f"> {SE.MAX_PAYLOAD_CHARS}" in r.detail
+        assert f"> {SP.MAX_PAYLOAD_CHARS}" in r.detail
 
 
 def test_deep_nesting_is_a_render_failure_at_a_named_limit():
     for tid, body, reason, detail in [
             ("000500", "[" * 50_000 + "]" * 50_000, "too_deep", "ran out of recursion"),  # json.loads
             ("171801", "[" * 50_000, "too_deep", f"deeper than {MAX_DEPTH}"),
-            ("001716", "<a>" * 20_000 + "</a>" * 20_000, "payload_too_large", f"> {SE.MAX_PAYLOAD_CHARS}"),
+            ("001716", "<a>" * 20_000 + "</a>" * 20_000, "payload_too_large", f"> {SP.MAX_PAYLOAD_CHARS}"),
             ("001011", "a = " + "[" * 30_000, "too_deep", "ran out of recursion")]:   # tomllib
         r = score_example(rec(tid), body)
         assert (r.render_score, r.final_score, r.reason) == (0, 0.0, reason) and detail in r.detail, (tid, r)

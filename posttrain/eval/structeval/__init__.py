@@ -86,7 +86,7 @@ The rules live with the code that applies them:
           the corrected way (YAML loaders, `xml_to_dict`, the CSV header)
   paths   `tokenize` and `path_found`: the path syntax and the walk through a parsed payload
 This module holds the records (`Task`, `task_of`, `load_structeval`), `key_validation` and
-the scores; every helper is re-exported here.
+the scores; the public parsers and path functions are re-exported here.
 """
 
 from __future__ import annotations
@@ -97,17 +97,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from posttrain.rewards.structured import MAX_PAYLOAD_CHARS, strip_think  # noqa: F401
-
-# Everything the single-file module defined stays importable from here: names unused
-# below are re-exports, private ones included (tests use some). A helper is looked up in
-# the module that defines it, so a test that patches a parser patches .parse, not this one.
-from posttrain.eval.structeval.parse import (  # noqa: F401
-    _BEGIN, _EMPTY_THINK, _END, _EXPAT_GUARDED, _STR_TAG, _TEXT_KEY_TAGS, CsvHeader, CsvTable,
-    LimitedYamlLoader, Loaded, _BenchYamlLoader, _gentle_clean, _is_container, _load_yaml,
-    _reference_csv_header, _refuse_entity, _TextKeyYamlLoader, _Unsafe, extract_code, load,
-    parse_payload, reference_clean, xml_to_dict)
+from posttrain.eval.structeval.parse import (  # noqa: F401  (the parsers are public here too)
+    _EMPTY_THINK, CsvHeader, Loaded, _gentle_clean, extract_code, load, reference_clean, xml_to_dict)
 from posttrain.eval.structeval.paths import MalformedPath, _found, path_found, tokenize  # noqa: F401
+from posttrain.rewards.structured import strip_think
 
 MAX_GENERATION_CHARS = 2_000_000
 PAYLOAD_PREVIEW_CHARS = 500

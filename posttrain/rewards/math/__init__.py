@@ -25,7 +25,7 @@ The rules live with the code that applies them:
   normalize  `normalize_number` (the canonical form of a number), numeric equality
   symbolic   math-verify in a forked child, killed at its deadline, memory capped
 This module holds `answers_match` and the `math` / `math_strict` rewards, and registers the
-rewards on import; every helper is re-exported here.
+rewards on import; the public extraction and normalisation functions are re-exported here.
 """
 
 from __future__ import annotations
@@ -34,23 +34,12 @@ import re
 
 from posttrain.rewards.base import RewardResult, register_reward
 
-# Everything the single-file module defined stays importable from here: names unused
-# below are re-exports, private ones included (tests use some). A helper is looked up in
-# the module that defines it, so a test that patches one patches that module, not this
-# one; `_symbolic` is the exception: `_compare` below looks it up here.
-from posttrain.rewards.math.extract import (  # noqa: F401
-    _ALNUM_RE, _ANSWER_IS_RE, _ANSWER_LINE_RE, _ASSIGN_RE, _BOXED_RE, _BRACE_RE, _HASH_RE,
-    _IDENT_RE, _LAST_K, _LEADING_NUM_RE, _NUMBER_RE, _PROSE_RE, _SENTENCE_END_RE, _STRICT_RE,
-    _TOKEN_RE, BOXED_MAX_CHARS, _assignment_rhs, _boxed_contents, _finish_span, _from_anchor,
-    _last_boxed, _last_number, _looks_like_formula, _strip_wrappers, extract_answer,
-    extract_reference, strip_thinking)
-from posttrain.rewards.math.normalize import (  # noqa: F401
-    _DEC, _DECIMAL_RE, _FRAC_MAX_DIGITS, _FRACTION_RE, _LATEX_FRAC_RE, _LEAD_CURRENCY_RE,
-    _PLAIN_EXP, _SPACES_RE, _TEXT_CMD_RE, _UNIT_TAIL_RE, _UNITS, _canonical,
-    _canonical_fraction, _is_integer, _numbers_equal, _strip_number_dressing, _value, gcd,
-    normalize_number)
-from posttrain.rewards.math.symbolic import (  # noqa: F401
-    _MV_LOCK, _cap_child_memory, _in_child, _math_verify, _symbolic, _verify)
+# `_compare` looks `_symbolic` up here, so a test that patches it patches this module; the
+# other helpers are patched where they are defined (.extract, .normalize).
+from posttrain.rewards.math.extract import (BOXED_MAX_CHARS, _LAST_K, extract_answer, extract_reference,
+                                           strip_thinking)
+from posttrain.rewards.math.normalize import _numbers_equal, normalize_number
+from posttrain.rewards.math.symbolic import _symbolic
 
 __all__ = ["extract_answer", "extract_reference", "normalize_number", "answers_match",
            "strip_thinking"]
