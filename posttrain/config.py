@@ -186,10 +186,17 @@ class RolloutConfig:
     compute (a CPU stand-in for a bf16 inference engine); bf16: a bf16 copy."""
     batch_size: int = 64
     """Sequences generated together (bounds the KV cache)."""
+    compile: bool = False
+    """engine fast: run each decode step as one `torch.compile`d graph (fixed-size cache,
+    dynamic batch and prompt lengths). Compiles once per process on the first rollout
+    (tens of seconds on CPU, a C++ compiler needed), then decodes faster; the same math
+    rounded differently, so a seeded run draws the same tokens only up to that rounding."""
 
     def __post_init__(self):
         if self.group_size < 1:
             raise ValueError("rollout.group_size must be >= 1")
+        if self.compile and self.engine != "fast":
+            raise ValueError("rollout.compile needs rollout.engine: fast (the hf engine is not compiled)")
         if self.max_new_tokens < 1:
             raise ValueError("rollout.max_new_tokens must be >= 1")
 

@@ -85,3 +85,10 @@ class Engine(Protocol):
 
 
 ENGINES: Registry[type] = Registry("rollout engine")
+
+
+def make_engine(rc, model, tokenizer, batch_size: int | None = None) -> Engine:
+    """The engine a `RolloutConfig` names, over `model`; `rollout.compile` goes to the
+    engine that has it (config validation allows it with engine fast only)."""
+    extra = {"compile": True} if getattr(rc, "compile", False) else {}
+    return ENGINES.get(rc.engine)(model, tokenizer, batch_size=batch_size or rc.batch_size, **extra)

@@ -32,6 +32,15 @@ prefilled once and its cache rows copied to its n rows.
 Finished rows stay in the batch (they cost a row of arithmetic, not a call) until fewer
 than 3/4 of the rows are live, then the cache is compacted to the live rows.
 
+`rollout.compile: true` runs each decode step through `torch.compile` instead
+(`decode_step`): the cache keeps its full size and the step attends over every slot with
+the unwritten ones masked, so all steps have one shape and one graph (rows and slots
+marked dynamic) serves every batch of the run. It compiles once per process, on the first
+rollout (C++ through inductor on CPU, with `cpp_wrapper`); the prefill and the sampling
+stay eager, so the random stream is the eager engine's, but the fused kernels round
+differently and a seeded run's tokens match the eager engine's only up to that rounding.
+Measured on the tiny model in docs/benchmarks.md; not measured on CUDA.
+
 A LoRA policy (PEFT, no dropout, not DoRA) runs here too: each generate merges W0 + s B A
 into the fused weights (`models/qwen3.linear_weight`), so the rollout follows the adapter
 as trained; the same math as PEFT's forward, rounded differently (log-probs agree to ~1e-6).
@@ -116,12 +125,75 @@ class _Decoder:
         return F.linear(h, w.head.weight, w.head.bias)
 
 
+def decode_step(w: Qwen3Weights, kt: list[Tensor], v: list[Tensor], cos: Tensor, sin: Tensor, ids: Tensor,
+                pos: Tensor, slot: Tensor, bias: Tensor) -> Tensor:
+    """One decode step over the whole fixed-size cache: the shape-stable twin of
+    `_Decoder.forward` that `rollout.compile` hands to `torch.compile`.
+
+    ids, pos (B, 1); slot (1,) long, the cache slot the new key and value go to
+    (`index_copy_`, so the slot is data, not a shape); bias (B, slots) additive, 0 where a
+    row may attend and -inf at its padding and at every slot after `slot`. Attention then
+    runs over all slots (the masked ones add exp(-inf) = 0), so every step has the same
+    shapes and one compiled graph serves the whole rollout. The same math as `forward` with
+    S = 1; compiled, it is rounded differently (fused kernels)."""
+    B = ids.shape[0]
+    nh, nkv, hd = w.nh, w.nkv, w.hd
+    g = nh // nkv
+    slots = kt[0].shape[-1]
+    x = F.embedding(ids, w.embed)  # (B, 1, H)
+    c, s = cos[pos][:, :, None, :], sin[pos][:, :, None, :]  # (B, 1, 1, hd)
+    mask = bias[:, None, None, :].expand(B, nkv, g, slots).reshape(B * nkv, g, slots)
+    for li, L in enumerate(w.layers):
+        q, k, vv = w.qkv(L, x, c, s)  # (B, 1, heads, hd)
+        kt[li].index_copy_(3, slot, k.permute(0, 2, 3, 1))
+        v[li].index_copy_(2, slot, vv.transpose(1, 2))
+        scores = torch.baddbmm(mask, q.reshape(B * nkv, g, hd), kt[li].reshape(B * nkv, hd, slots), alpha=w.scale)
+        att = torch.bmm(torch.softmax(scores, dim=-1), v[li].reshape(B * nkv, slots, hd))  # (B nkv, g, hd)
+        x = x + F.linear(att.reshape(B, 1, nh * hd), L.w_o, L.b_o)
+        x = x + w.mlp(L, x)
+    h = rms(x[:, -1], w.norm, w.eps)  # (B, H)
+    return F.linear(h, w.head.weight, w.head.bias)
+
+
+_COMPILED: dict[str, object] = {}
+"""device type -> the compiled `decode_step`, one per process: with dynamic shapes one
+graph serves every batch size and cache length, so it compiles once."""
+
+
+def compiled_decode_step(device: torch.device):
+    if device.type not in _COMPILED:
+        # cpp_wrapper: the compiled graph is called from C++ instead of a Python wrapper,
+        # which is most of what is left per step at the tiny model's sizes
+        options = {"cpp_wrapper": True} if device.type == "cpu" else {}
+        _COMPILED[device.type] = torch.compile(decode_step, options=options)
+    return _COMPILED[device.type]
+
+
+def _mark_dynamic(t: Tensor, *dims: int) -> Tensor:
+    for d in dims:
+        torch._dynamo.maybe_mark_dynamic(t, d)
+    return t
+
+
+def mark_step_inputs(dec: _Decoder, bias: Tensor) -> None:
+    """Mark the rows and cache-slots dims of `decode_step`'s inputs dynamic, so that one
+    graph serves every batch size and prompt length while the model's own sizes stay
+    static (and its kernels specialised to them)."""
+    for kt, v in zip(dec.kt, dec.v):
+        _mark_dynamic(kt, 0, 3)
+        _mark_dynamic(v, 0, 2)
+    _mark_dynamic(dec.cos, 0)
+    _mark_dynamic(dec.sin, 0)
+    _mark_dynamic(bias, 0, 1)
+
+
 class FastEngine(HFEngine):
     """`HFEngine` with the lean decode above for dense Qwen3 models; falls back to the HF
     path (same results, slower) for anything `unsupported_reason` names."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64):
+    def __init__(self, model, tokenizer, batch_size: int = 64, compile: bool = False):
         super().__init__(model, tokenizer, batch_size)
+        self.compile = compile
         self._warned = False
 
     @staticmethod
@@ -158,6 +230,13 @@ class FastEngine(HFEngine):
         ids, key_ok = ids.to(device), key_ok.to(device)
         key_bias = torch.zeros(key_ok.shape, dtype=w.embed.dtype, device=device).masked_fill_(
             ~key_ok, float("-inf"))  # (B, slots) additive mask of the decode steps
+        step = compiled_decode_step(device) if self.compile else None
+        if step is not None:  # attends over every slot: the ones not yet written stay off
+            key_bias[:, L:] = float("-inf")
+            slot_ids = torch.arange(L, L + T, device=device)
+        # compiled, the cache keeps 2 rows or more: a batch of 1 is a new graph (size 1 is
+        # special-cased by torch.compile's dynamic shapes) and would compile again
+        min_rows = 2 if step is not None else 1
         pos = (key_ok[:, :L].long().cumsum(-1) - 1).clamp(min=0)  # (B, L), as the HF engine
         # the n completions of a prompt share its prefill: run each distinct prompt once,
         # then copy its cache rows (the group's rows are identical up to here)
@@ -207,17 +286,26 @@ class FastEngine(HFEngine):
                 n_alive -= n_fin
             if t == T - 1 or n_alive == 0:
                 break
-            if n_alive < COMPACT_BELOW * rows.numel():  # drop finished rows from the cache
+            compacted = n_alive < COMPACT_BELOW * rows.numel() and rows.numel() > min_rows
+            if compacted:  # drop finished rows from the cache
                 keep = alive.nonzero().squeeze(1)
+                if n_alive < min_rows:  # finished rows ride along
+                    keep = torch.cat([keep, (~alive).nonzero()[:min_rows - n_alive, 0]])
                 dec.select(keep)
-                rows, key_bias, next_pos = rows[keep], key_bias[keep], next_pos[keep]
-                alive = torch.ones(keep.numel(), dtype=torch.bool, device=device)
+                rows, key_bias, next_pos, alive = rows[keep], key_bias[keep], next_pos[keep], alive[keep]
                 step_tok = out_tok[rows, t]
             else:
                 step_tok = out_tok[rows, t]  # finished rows feed their last token; never read
             slot = L + t
-            logits = dec.forward(step_tok[:, None], next_pos[:, None], slot,
-                                 key_bias[:, None, None, :slot + 1])
+            if step is None:
+                logits = dec.forward(step_tok[:, None], next_pos[:, None], slot,
+                                     key_bias[:, None, None, :slot + 1])
+            else:
+                key_bias[:, slot] = 0.0
+                if t == 0 or compacted:
+                    mark_step_inputs(dec, key_bias)
+                logits = step(w, dec.kt, dec.v, dec.cos, dec.sin, _mark_dynamic(step_tok[:, None], 0),
+                              _mark_dynamic(next_pos[:, None], 0), slot_ids[t:t + 1], key_bias)
             next_pos = next_pos + 1
         lengths, stop_l = length.tolist(), stopped.tolist()
         tok_l, lp_l = out_tok.tolist(), out_lp.tolist()

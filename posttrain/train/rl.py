@@ -54,7 +54,7 @@ from ..models.prefix import batch_token_logprobs
 from ..objectives import policy_loss
 from ..objectives.loss import objective_normalisers, objective_params
 from ..rewards import RewardSet
-from ..rollout import ENGINES, RolloutWeights, SamplingParams
+from ..rollout import RolloutWeights, SamplingParams, make_engine
 from . import dist
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .loop import (BatchStream, TrainingError, lr_factor, make_optimizer, optimizer_step,
@@ -215,7 +215,7 @@ def setup(recipe: RLRecipe, out: Path, resume: bool) -> tuple[RLContext, int, li
             log.info("resumed from %s (step %d)", ckpt, step)
     # the rollout copy is made after a resume has restored the weights it copies
     ctx.rollout = RolloutWeights(model, rc.precision)
-    ctx.engine = ENGINES.get(rc.engine)(ctx.rollout.model, tokenizer, batch_size=rc.batch_size)
+    ctx.engine = make_engine(rc, ctx.rollout.model, tokenizer)
     # after every deep copy (reference, rollout): a copied hook would report to the policy's
     ctx.routing = setup_routing(recipe.rl.routing_replay, model, ctx.rollout.model, ctx.engine)
     autocast = resolve_precision(tc.precision, device)
@@ -561,7 +561,7 @@ def evaluate_policy(model, tokenizer, prompts: list[Prompt], rewards: RewardSet,
                     train_components: list[RewardComponent], batch_size: int | None = None) -> dict[str, float]:
     """Greedy completions of the held-out prompts, scored: the mean of every component,
     `reward` = the weighted total of the training components, lengths."""
-    engine = ENGINES.get(rc.engine)(model, tokenizer, batch_size=batch_size or rc.batch_size)
+    engine = make_engine(rc, model, tokenizer, batch_size)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=rc.max_new_tokens, stop=tuple(rc.stop))
     ro = engine.generate([p.ids for p in prompts], greedy, n=1)
     examples = [{**prompts[i].example, "completion_tokens": len(ro.completion_ids[i]),

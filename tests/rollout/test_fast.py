@@ -2,6 +2,8 @@
 for the same seed (it is the same math with the same random draws), engine log-probs equal
 to the trainer's, the cache compaction path, and the fallback for other models."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -163,3 +165,69 @@ def test_lora_variants_the_fast_path_cannot_merge_fall_back(tiny_path, kw, why):
     from posttrain.config import AdapterConfig
     model, _ = load_model_and_tokenizer(ModelConfig(path=str(tiny_path)), AdapterConfig(**{"kind": "lora", "r": 4, **kw}))
     assert why in FastEngine.supports(model)
+
+
+# ---- rollout.compile: the shape-stable decode step, eager and compiled -------------------
+
+
+def test_the_full_cache_decode_step_computes_the_growing_slice_forward(tiny):
+    """decode_step (all slots, unwritten ones masked, index_copy_ writes) gives the logits
+    and the cache writes of _Decoder.forward over the growing slice, uncompiled."""
+    model, _, _ = tiny
+    w = fast_mod.Qwen3Weights(model)
+    g = torch.Generator().manual_seed(0)
+    B, slots, slot = 3, 12, 7
+    a, b = (fast_mod._Decoder(w, B, slots, "cpu") for _ in range(2))
+    for x, y in zip(a.kt + a.v, b.kt + b.v):
+        x[...] = torch.randn(x.shape, generator=g)
+        y.copy_(x)
+    ids, pos = torch.randint(0, 500, (B, 1), generator=g), torch.tensor([[7], [5], [3]])
+    bias = torch.zeros(B, slots)
+    bias[1, :2] = bias[2, :4] = float("-inf")  # left padding of rows 1 and 2
+    with torch.no_grad():
+        want = a.forward(ids, pos, slot, bias[:, None, None, :slot + 1])
+        full = bias.clone()
+        full[:, slot + 1:] = float("-inf")  # the garbage in later slots must not count
+        got = fast_mod.decode_step(w, b.kt, b.v, b.cos, b.sin, ids, pos, torch.tensor([slot]), full)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    for x, y in zip(a.kt + a.v, b.kt + b.v):
+        assert torch.equal(x, y)  # the same new key / value in slot 7, nothing else touched
+
+
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                    reason="torch.compile on CPU needs a C++ compiler")
+
+
+@needs_compiler
+def test_compiled_rollout_matches_the_eager_engine_and_compiles_once(tiny, monkeypatch):
+    """rollout.compile: the same tokens as the eager engine for the same seed (rounding aside,
+    which the tiny model does not hit here), log-probs to float rounding; batches of other
+    sizes and prompt lengths and the cache compaction (down to the 2-row floor) reuse the
+    first graph."""
+    from torch._dynamo.utils import counters
+
+    model, tok, prompts = tiny
+    calls = []
+    real = fast_mod._Decoder.select
+    monkeypatch.setattr(fast_mod._Decoder, "select", lambda self, idx: (calls.append(idx.numel()), real(self, idx)))
+    eager, compiled = FastEngine(model, tok), FastEngine(model, tok, compile=True)
+    runs = [(prompts, SamplingParams(temperature=1.0, max_new_tokens=24, stop_token_ids=tuple(range(10, 200))), 4),
+            (prompts[:2], SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=10), 3)]
+    graphs = []
+    for i, (ps, params, n) in enumerate(runs):
+        out = []
+        for eng in (eager, compiled):
+            calls.clear()
+            torch.manual_seed(10 + i)
+            out.append(eng.generate(ps, params, n=n))
+            out[-1].rng_after = torch.rand(1).item()
+        _assert_same(*out)
+        graphs.append(counters["stats"]["unique_graphs"])
+        if i == 0:
+            assert calls and min(calls) == 2, f"compaction ran, down to the 2-row floor: {calls}"
+    assert graphs[0] >= 1 and graphs[1] == graphs[0], "the second batch (other rows, prompt length, sampling) recompiled"
+
+
+def test_compile_needs_the_fast_engine():
+    with pytest.raises(ValueError, match="rollout.compile needs rollout.engine: fast"):
+        RolloutConfig(engine="hf", compile=True)
