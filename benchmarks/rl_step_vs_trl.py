@@ -95,6 +95,14 @@ functions by own time. cProfile adds about 10%.
     python benchmarks/rl_step_vs_trl.py                         # ~1 min on 2 idle CPU cores
     python benchmarks/rl_step_vs_trl.py --configs 4,4,64 --steps 3
     python benchmarks/rl_step_vs_trl.py --profile 3             # cProfile of posttrain steps only
+    python benchmarks/rl_step_vs_trl.py --compile               # posttrain with rollout.compile=true
+
+--compile turns on posttrain's opt-in `rollout.compile` (its decode step through
+torch.compile, compiled once in the worker's first warm-up step: `warmup_s` shows it). TRL
+runs as always, with `torch_compile` off (reading TRL 1.16's source: that option hands the
+model to accelerate's dynamo plugin, and generation calls `generate` on the unwrapped
+model; not run here), so this row compares posttrain's fastest setting with TRL's default
+one; the default row is the like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -150,6 +158,9 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--peak-tflops", type=float, default=0.0,
                     help="device peak for the training-phase MFU (0: by device name, H100/H200/A100/L40S bf16)")
+    ap.add_argument("--compile", action="store_true",
+                    help="posttrain side: rollout.compile=true (its decode step through torch.compile; "
+                         "the compile lands in the first warm-up step, reported as warmup_s)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="instead of the comparison: cProfile N posttrain steps (after --warmup) "
                          "of the first configuration and print the top costs per phase to stderr")
@@ -206,6 +217,7 @@ def posttrain_overrides(args, p: int, g: int, length: int) -> list[str]:
         "train.warmup_steps=0", f"train.max_steps={10 * (args.warmup + args.steps + 2)}",
         "train.progress=false", f"train.seed={args.seed}",
         f"model.device={args.device}", f"model.dtype={args.dtype}",
+        f"rollout.compile={str(args.compile).lower()}",
     ]
 
 
@@ -232,6 +244,7 @@ def posttrain_effective(ctx) -> dict:
     return {"objective": rlc.objective, **{k: params[k] for k in ("eps_low", "eps_high", "beta", "aggregation")},
             "advantage": rlc.advantage, "advantage_scale": rlc.advantage_scale,
             "train_batch_size": ctx.recipe.train.batch_size, "rollout_batch_size": rc.batch_size,
+            "rollout_engine": rc.engine, "rollout_compile": rc.compile,
             "gradient_checkpointing": is_checkpointing(ctx.model), "optim": type(ctx.optimizer).__name__,
             "device": str(ctx.device), "param_dtype": str(next(ctx.model.parameters()).dtype),
             "reward_isolated": ctx.rewards.rewards[0].spec.isolate}
@@ -464,6 +477,7 @@ def run_config(config: str, argv: list[str], args, model_path: str, log_dir: Pat
         print(f"  [{config}] ready: " + ", ".join(f"{k} setup {v['setup_s']} s, {v['rss_mib']} MiB"
                                                  for k, v in ready.items()), file=sys.stderr)
         steps = {side: [] for side in workers}
+        warm = {side: [] for side in workers}
         order = ["posttrain", "trl"]
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
@@ -475,8 +489,7 @@ def run_config(config: str, argv: list[str], args, model_path: str, log_dir: Pat
                 busy1, mine1, side1 = busy_s(), tree_cpu_s(os.getpid()), tree_cpu_s(workers[side].proc.pid)
                 r["cpu_s"] = side1 - side0
                 r["foreign_cpu_s"] = max(0.0, (busy1 - busy0) - (mine1 - mine0))
-                if i >= args.warmup:
-                    steps[side].append(r)
+                (steps if i >= args.warmup else warm)[side].append(r)
                 print(f"  [{config}] {'warm-up' if i < args.warmup else 'timed'} step {i} {side}: "
                       f"{r['s']:.3f} s, {r['tokens']:.0f} tokens, cpu {r['cpu_s']:.2f} s, "
                       f"other processes {r['foreign_cpu_s']:.2f} cpu-s", file=sys.stderr)
@@ -486,6 +499,8 @@ def run_config(config: str, argv: list[str], args, model_path: str, log_dir: Pat
             if w.proc.poll() is None:
                 w.proc.kill()
     out = {side: summarise(steps[side], finals[side], ready[side]) for side in workers}
+    for side in workers:  # a compiled rollout pays its compile in the first of these
+        out[side]["warmup_s"] = [round(r["s"], 3) for r in warm[side]]
     prompts = prompt_tokens_per_step(args, p, args.warmup + args.steps, model_path)[args.warmup:]
     train_phase_flops(out, g * statistics.mean(prompts), model_path, args.device, args.peak_tflops)
     out["threads"] = ready["posttrain"]["threads"]
@@ -542,6 +557,8 @@ def main(argv=None):
     base_argv = ["--device", args.device, "--dtype", args.dtype,
                  "--warmup", str(args.warmup), "--steps", str(args.steps), "--objective", args.objective,
                  "--lr", repr(args.lr), "--seed", str(args.seed), "--threads", str(args.threads)]
+    if args.compile:
+        base_argv.append("--compile")
     t0 = time.perf_counter()
     load_before = os.getloadavg()
     configs = {}
@@ -555,6 +572,7 @@ def main(argv=None):
         "device": f"{cpu_name()}, {os.cpu_count()} cpus, {first['threads']} torch threads, cpu only",
         "versions": versions(),
         "settings": {"objective": args.objective, "warmup": args.warmup, "steps": args.steps,
+                     "posttrain_rollout_compile": args.compile,
                      "lr": args.lr, "seed": args.seed, "model": "builtin:tiny", "model_path": args.model_path,
                      "temperature": 1.0, "top_p": 1.0, "beta": 0.0, "num_iterations": 1,
                      "reward": "share of JSON punctuation characters (same function both sides)",

@@ -33,9 +33,9 @@ Finished rows stay in the batch (they cost a row of arithmetic, not a call) unti
 than 3/4 of the rows are live, then the cache is compacted to the live rows.
 
 `rollout.compile: true` runs each decode step through `torch.compile` instead
-(`decode_step`): the cache keeps its full size and the step attends over every slot with
-the unwritten ones masked, so all steps have one shape and one graph (rows and slots
-marked dynamic) serves every batch of the run. It compiles once per process, on the first
+(`decode_step`): the step's cache slot is a tensor (written with `index_copy_`) and the
+rows and the attended slots are marked dynamic, so one graph serves every step of every
+batch of the run. It compiles once per process, on the first
 rollout (C++ through inductor on CPU, with `cpp_wrapper`); the prefill and the sampling
 stay eager, so the random stream is the eager engine's, but the fused kernels round
 differently and a seeded run's tokens match the eager engine's only up to that rounding.
@@ -57,6 +57,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental import _config as fx_config
 from torch import Tensor
 
 from posttrain.models.qwen3 import Qwen3Weights, rms, unsupported_reason
@@ -127,28 +128,28 @@ class _Decoder:
 
 def decode_step(w: Qwen3Weights, kt: list[Tensor], v: list[Tensor], cos: Tensor, sin: Tensor, ids: Tensor,
                 pos: Tensor, slot: Tensor, bias: Tensor) -> Tensor:
-    """One decode step over the whole fixed-size cache: the shape-stable twin of
-    `_Decoder.forward` that `rollout.compile` hands to `torch.compile`.
+    """One decode step, written for `torch.compile` (`rollout.compile`): `_Decoder.forward`
+    with S = 1, where the step's position is data, not a Python int.
 
     ids, pos (B, 1); slot (1,) long, the cache slot the new key and value go to
-    (`index_copy_`, so the slot is data, not a shape); bias (B, slots) additive, 0 where a
-    row may attend and -inf at its padding and at every slot after `slot`. Attention then
-    runs over all slots (the masked ones add exp(-inf) = 0), so every step has the same
-    shapes and one compiled graph serves the whole rollout. The same math as `forward` with
-    S = 1; compiled, it is rounded differently (fused kernels)."""
-    B = ids.shape[0]
+    (`index_copy_`); bias (B, n) additive, 0 where a row may attend and -inf at its padding,
+    over the first n = slot + 1 slots, which attention reads. With the rows and n marked
+    dynamic, one graph serves every step of every rollout. The same math as `forward`;
+    compiled, it is rounded differently (fused kernels)."""
+    B, n = bias.shape
     nh, nkv, hd = w.nh, w.nkv, w.hd
     g = nh // nkv
-    slots = kt[0].shape[-1]
     x = F.embedding(ids, w.embed)  # (B, 1, H)
     c, s = cos[pos][:, :, None, :], sin[pos][:, :, None, :]  # (B, 1, 1, hd)
-    mask = bias[:, None, None, :].expand(B, nkv, g, slots).reshape(B * nkv, g, slots)
+    mask = bias[:, None, None, :].expand(B, nkv, g, n).reshape(B * nkv, g, n)
     for li, L in enumerate(w.layers):
         q, k, vv = w.qkv(L, x, c, s)  # (B, 1, heads, hd)
         kt[li].index_copy_(3, slot, k.permute(0, 2, 3, 1))
         v[li].index_copy_(2, slot, vv.transpose(1, 2))
-        scores = torch.baddbmm(mask, q.reshape(B * nkv, g, hd), kt[li].reshape(B * nkv, hd, slots), alpha=w.scale)
-        att = torch.bmm(torch.softmax(scores, dim=-1), v[li].reshape(B * nkv, slots, hd))  # (B nkv, g, hd)
+        keys = kt[li][..., :n].reshape(B * nkv, hd, n)
+        scores = torch.baddbmm(mask, q.reshape(B * nkv, g, hd), keys, alpha=w.scale)
+        vals = v[li][:, :, :n].reshape(B * nkv, n, hd)
+        att = torch.bmm(torch.softmax(scores, dim=-1), vals)  # (B nkv, g, hd)
         x = x + F.linear(att.reshape(B, 1, nh * hd), L.w_o, L.b_o)
         x = x + w.mlp(L, x)
     h = rms(x[:, -1], w.norm, w.eps)  # (B, H)
@@ -175,16 +176,25 @@ def _mark_dynamic(t: Tensor, *dims: int) -> Tensor:
     return t
 
 
-def mark_step_inputs(dec: _Decoder, bias: Tensor) -> None:
-    """Mark the rows and cache-slots dims of `decode_step`'s inputs dynamic, so that one
-    graph serves every batch size and prompt length while the model's own sizes stay
-    static (and its kernels specialised to them)."""
+def mark_cache(dec: _Decoder) -> None:
+    """Mark the rows and cache-slots dims of the decoder's tensors dynamic (the per-step
+    inputs are marked at each call), so that one graph serves every batch size, prompt
+    length and step, while the model's own sizes stay static (kernels specialised to them)."""
     for kt, v in zip(dec.kt, dec.v):
         _mark_dynamic(kt, 0, 3)
         _mark_dynamic(v, 0, 2)
     _mark_dynamic(dec.cos, 0)
     _mark_dynamic(dec.sin, 0)
-    _mark_dynamic(bias, 0, 1)
+
+
+def run_step(step, w: Qwen3Weights, dec: _Decoder, ids: Tensor, pos: Tensor, slot: Tensor, bias: Tensor) -> Tensor:
+    """`step(...)` (compiled `decode_step`) with its per-step inputs marked dynamic. Duck
+    sizing is off while it runs: by default torch.compile assumes two dynamic sizes that
+    happen to be equal at compile time (rows = slots, say) stay equal, and recompiles when
+    they part."""
+    with fx_config.patch(use_duck_shape=False):
+        return step(w, dec.kt, dec.v, dec.cos, dec.sin, _mark_dynamic(ids, 0), _mark_dynamic(pos, 0), slot,
+                    _mark_dynamic(bias, 0, 1))
 
 
 class FastEngine(HFEngine):
@@ -231,9 +241,7 @@ class FastEngine(HFEngine):
         key_bias = torch.zeros(key_ok.shape, dtype=w.embed.dtype, device=device).masked_fill_(
             ~key_ok, float("-inf"))  # (B, slots) additive mask of the decode steps
         step = compiled_decode_step(device) if self.compile else None
-        if step is not None:  # attends over every slot: the ones not yet written stay off
-            key_bias[:, L:] = float("-inf")
-            slot_ids = torch.arange(L, L + T, device=device)
+        slot_ids = torch.arange(L, L + T, device=device)  # the compiled step's slots, as data
         # compiled, the cache keeps 2 rows or more: a batch of 1 is a new graph (size 1 is
         # special-cased by torch.compile's dynamic shapes) and would compile again
         min_rows = 2 if step is not None else 1
@@ -301,11 +309,10 @@ class FastEngine(HFEngine):
                 logits = dec.forward(step_tok[:, None], next_pos[:, None], slot,
                                      key_bias[:, None, None, :slot + 1])
             else:
-                key_bias[:, slot] = 0.0
                 if t == 0 or compacted:
-                    mark_step_inputs(dec, key_bias)
-                logits = step(w, dec.kt, dec.v, dec.cos, dec.sin, _mark_dynamic(step_tok[:, None], 0),
-                              _mark_dynamic(next_pos[:, None], 0), slot_ids[t:t + 1], key_bias)
+                    mark_cache(dec)
+                logits = run_step(step, w, dec, step_tok[:, None], next_pos[:, None], slot_ids[t:t + 1],
+                                  key_bias[:, :slot + 1].contiguous())
             next_pos = next_pos + 1
         lengths, stop_l = length.tolist(), stopped.tolist()
         tok_l, lp_l = out_tok.tolist(), out_lp.tolist()
