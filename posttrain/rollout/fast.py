@@ -35,11 +35,11 @@ than 3/4 of the rows are live, then the cache is compacted to the live rows.
 `rollout.compile: true` runs each decode step through `torch.compile` instead
 (`decode_step`): the step's cache slot is a tensor (written with `index_copy_`) and the
 rows and the attended slots are marked dynamic, so one graph serves every step of every
-batch of the run. It compiles once per process, on the first
-rollout (C++ through inductor on CPU, with `cpp_wrapper`); the prefill and the sampling
-stay eager, so the random stream is the eager engine's, but the fused kernels round
-differently and a seeded run's tokens match the eager engine's only up to that rounding.
-Measured on the tiny model in docs/benchmarks.md; not measured on CUDA.
+batch of the run. It compiles once per process, on the first rollout (C++ through
+inductor on CPU, with `cpp_wrapper`); the prefill and the sampling stay eager, so the
+random stream is the eager engine's, but the fused kernels round differently and a seeded
+run's tokens match the eager engine's only up to that rounding. Measured on the tiny
+model in docs/benchmarks.md (1.1-1.36x per rollout token on CPU); not run on CUDA.
 
 A LoRA policy (PEFT, no dropout, not DoRA) runs here too: each generate merges W0 + s B A
 into the fused weights (`models/qwen3.linear_weight`), so the rollout follows the adapter
@@ -57,8 +57,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.fx.experimental import _config as fx_config
 from torch import Tensor
+from torch.fx.experimental import _config as fx_config
 
 from posttrain.models.qwen3 import Qwen3Weights, rms, unsupported_reason
 from posttrain.rollout.base import ENGINES, Rollout, SamplingParams
