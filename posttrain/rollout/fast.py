@@ -52,13 +52,13 @@ falls back to `HFEngine`, so the engine is always correct and only sometimes fas
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.fx.experimental import _config as fx_config
 
 from posttrain.models.qwen3 import Qwen3Weights, rms, unsupported_reason
 from posttrain.rollout.base import ENGINES, Rollout, SamplingParams
@@ -187,12 +187,22 @@ def mark_cache(dec: _Decoder) -> None:
     _mark_dynamic(dec.sin, 0)
 
 
+def _no_duck_sizing():
+    """torch.fx.experimental._config.patch(use_duck_shape=False): a private torch setting
+    (torch 2.13); where a torch lacks it, nothing (at worst a recompile when sizes part)."""
+    try:
+        from torch.fx.experimental import _config
+        return _config.patch(use_duck_shape=False)
+    except (ImportError, AttributeError):
+        return contextlib.nullcontext()
+
+
 def run_step(step, w: Qwen3Weights, dec: _Decoder, ids: Tensor, pos: Tensor, slot: Tensor, bias: Tensor) -> Tensor:
     """`step(...)` (compiled `decode_step`) with its per-step inputs marked dynamic. Duck
     sizing is off while it runs: by default torch.compile assumes two dynamic sizes that
     happen to be equal at compile time (rows = slots, say) stay equal, and recompiles when
     they part."""
-    with fx_config.patch(use_duck_shape=False):
+    with _no_duck_sizing():
         return step(w, dec.kt, dec.v, dec.cos, dec.sin, _mark_dynamic(ids, 0), _mark_dynamic(pos, 0), slot,
                     _mark_dynamic(bias, 0, 1))
 
