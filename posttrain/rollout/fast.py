@@ -52,7 +52,6 @@ falls back to `HFEngine`, so the engine is always correct and only sometimes fas
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Sequence
 
@@ -187,24 +186,15 @@ def mark_cache(dec: _Decoder) -> None:
     _mark_dynamic(dec.sin, 0)
 
 
-def _no_duck_sizing():
-    """torch.fx.experimental._config.patch(use_duck_shape=False): a private torch setting
-    (torch 2.13); where a torch lacks it, nothing (at worst a recompile when sizes part)."""
-    try:
-        from torch.fx.experimental import _config
-        return _config.patch(use_duck_shape=False)
-    except (ImportError, AttributeError):
-        return contextlib.nullcontext()
-
-
 def run_step(step, w: Qwen3Weights, dec: _Decoder, ids: Tensor, pos: Tensor, slot: Tensor, bias: Tensor) -> Tensor:
-    """`step(...)` (compiled `decode_step`) with its per-step inputs marked dynamic. Duck
-    sizing is off while it runs: by default torch.compile assumes two dynamic sizes that
-    happen to be equal at compile time (rows = slots, say) stay equal, and recompiles when
-    they part."""
-    with _no_duck_sizing():
-        return step(w, dec.kt, dec.v, dec.cos, dec.sin, _mark_dynamic(ids, 0), _mark_dynamic(pos, 0), slot,
-                    _mark_dynamic(bias, 0, 1))
+    """`step(...)` (compiled `decode_step`) with its per-step inputs marked dynamic. Only the
+    marked dims are dynamic: with `dynamic=True` every size is, the kernels are generic over
+    the model's sizes too, and two sizes equal at compile time (rows = head_dim = 32) were
+    assumed equal and recompiled when they parted (measured); with the marks, a first batch
+    whose rows equal its cache slots (128) and a second of 9 rows and 129 slots share one
+    graph (measured)."""
+    return step(w, dec.kt, dec.v, dec.cos, dec.sin, _mark_dynamic(ids, 0), _mark_dynamic(pos, 0), slot,
+                _mark_dynamic(bias, 0, 1))
 
 
 class FastEngine(HFEngine):
