@@ -1,5 +1,5 @@
 """Process accounting shared by the benchmarks (Linux /proc): peak resident set and CPU time,
-and the pipe a benchmark driver steps its worker processes over.
+the pipe a benchmark driver steps its worker processes over, and the CPU's name.
 
 Peak memory on CPU is the process's resident-set high-water mark, VmHWM. Writing "5" to
 /proc/self/clear_refs resets it to the current VmRSS (Linux >= 4.0), so a measurement can
@@ -10,10 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (the machine a figure was measured on)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown cpu"
 
 
 def status_kib(field: str, pid: int | str = "self") -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from _proc import cpu_name  # noqa: E402  (benchmarks/_proc.py)
 
 
 def main(argv=None) -> None:
@@ -51,7 +52,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     model, tok = load_model_and_tokenizer(ModelConfig(path="builtin:tiny"))
     engines = {"eager": FastEngine(model, tok), "compiled": FastEngine(model, tok, compile=True)}
-    out = {"benchmark": "decode_compile", "torch": torch.__version__, "threads": torch.get_num_threads(),
+    out = {"benchmark": "decode_compile", "device": f"{cpu_name()}, {os.cpu_count()} cpus, cpu only",
+           "torch": torch.__version__, "threads": torch.get_num_threads(),
            "configs": {}}
     first_call = None
     for cfg in args.configs:

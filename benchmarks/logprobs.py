@@ -80,6 +80,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from _proc import cpu_name  # noqa: E402  (benchmarks/_proc.py)
 from posttrain.models.logprobs import auto_chunk_rows, token_logprobs  # noqa: E402
 from _proc import reset_peak, status_kib  # noqa: E402  (benchmarks/_proc.py)
 
@@ -292,11 +293,7 @@ def main(argv=None):
 def _device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = "unknown cpu"
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from _models import random_qwen3, train_phase_flops  # noqa: E402  (benchmarks/_models.py)
-from _proc import Channel, PeakTracker, busy_s, status_kib, tree_cpu_s  # noqa: E402  (benchmarks/_proc.py)
+from _proc import Channel, PeakTracker, busy_s, cpu_name, status_kib, tree_cpu_s  # noqa: E402  (benchmarks/_proc.py)
 
 JSON_PUNCT = set('{}[]":,')
 OBJECTIVES = {  # posttrain objective -> the matching TRL settings
@@ -530,13 +530,6 @@ def versions() -> dict:
             "transformers": transformers.__version__, "trl": trl.__version__, "datasets": datasets.__version__}
 
 
-def cpu_name() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown cpu"
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -556,9 +549,8 @@ def main(argv=None):
         return
     base_argv = ["--device", args.device, "--dtype", args.dtype,
                  "--warmup", str(args.warmup), "--steps", str(args.steps), "--objective", args.objective,
-                 "--lr", repr(args.lr), "--seed", str(args.seed), "--threads", str(args.threads)]
-    if args.compile:
-        base_argv.append("--compile")
+                 "--lr", repr(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
+                 *(["--compile"] if args.compile else [])]
     t0 = time.perf_counter()
     load_before = os.getloadavg()
     configs = {}

@@ -187,10 +187,9 @@ class RolloutConfig:
     batch_size: int = 64
     """Sequences generated together (bounds the KV cache)."""
     compile: bool = False
-    """engine fast: run each decode step as one `torch.compile`d graph (fixed-size cache,
-    dynamic batch and prompt lengths). Compiles once per process on the first rollout
-    (tens of seconds on CPU, a C++ compiler needed), then decodes faster; the same math
-    rounded differently, so a seeded run draws the same tokens only up to that rounding."""
+    """engine fast: each decode step as one `torch.compile`d graph; compiles on the first
+    rollout (CPU: ~30 s, ~6 s with a warm cache; needs a C++ compiler), the same math
+    rounded differently (seeded tokens match the eager engine's up to that rounding)."""
 
     def __post_init__(self):
         if self.group_size < 1:
