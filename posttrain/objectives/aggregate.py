@@ -48,6 +48,12 @@ class Aggregation:
     """The keyword normalisers it reads; passing any other is an error."""
     formula: str
     """One line, plain text, for the docs."""
+    token_weights: Callable[..., Tensor]
+    """(weight (B, T) 0/1 float, **normalisers) -> (B, T) constant W such that
+    fn(l, weight) == sum_{i,t} l_it W_it for every l finite at padding: each rule is linear
+    in l. `policy_loss` folds its other per-token constants (the mismatch weight, the
+    entropy mask) into W and takes one `weighted_sum` (fewer autograd nodes than the
+    rule's own sums and divisions; the same value up to float rounding)."""
 
 
 AGGREGATIONS: Registry[Aggregation] = Registry("aggregation")
@@ -86,6 +92,16 @@ def _row_sums(x: Tensor, valid: Tensor, count: Tensor) -> Tensor:
     return row * count.to(x.dtype)
 
 
+def weighted_sum(x: Tensor, w: Tensor) -> Tensor:
+    """sum_{i,t} x_it w_it for a (B, T) constant w; a per-row x (B, 1) takes
+    sum_i x_i (sum_t w_it), in (B,) work. x must be finite where w is 0."""
+    if _per_row(x, w):
+        return x[:, 0] @ w.sum(dim=1)
+    if x.shape == w.shape:
+        return x.reshape(-1) @ w.reshape(-1)  # one autograd node where (x * w).sum() has two
+    return (x * w).sum()
+
+
 def _rows(valid: Tensor, num_seqs: Number | None) -> Number:
     return valid.shape[0] if num_seqs is None else num_seqs
 
@@ -115,14 +131,38 @@ def _constant(loss: Tensor, valid: Tensor, *, num_seqs: Number | None = None,
     return masked_sum(loss, valid) / (_rows(valid, num_seqs) * max_completion_len)
 
 
+# the token weights W of each rule (see Aggregation.token_weights): weight (B, T) 0/1 float
+
+
+def _token_mean_w(weight: Tensor, *, num_tokens: Number | None = None) -> Tensor:
+    return weight / (weight.sum().clamp(min=1) if num_tokens is None else num_tokens)
+
+
+def _seq_mean_token_mean_w(weight: Tensor, *, num_seqs: Number | None = None) -> Tensor:
+    n = weight.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
+    return weight / (n * _rows(weight, num_seqs))
+
+
+def _seq_mean_token_sum_w(weight: Tensor, *, num_seqs: Number | None = None) -> Tensor:
+    return weight / _rows(weight, num_seqs)
+
+
+def _constant_w(weight: Tensor, *, num_seqs: Number | None = None,
+                max_completion_len: Number | None = None) -> Tensor:
+    if max_completion_len is None:
+        raise ValueError("aggregation 'constant' needs max_completion_len")
+    return weight / (_rows(weight, num_seqs) * max_completion_len)
+
+
 AGGREGATIONS.register("token-mean", Aggregation(
-    _token_mean, ("num_tokens",), "sum_{i,t} l_it / num_tokens"))
+    _token_mean, ("num_tokens",), "sum_{i,t} l_it / num_tokens", _token_mean_w))
 AGGREGATIONS.register("seq-mean-token-mean", Aggregation(
-    _seq_mean_token_mean, ("num_seqs",), "sum_i (sum_t l_it / n_i) / num_seqs"))
+    _seq_mean_token_mean, ("num_seqs",), "sum_i (sum_t l_it / n_i) / num_seqs", _seq_mean_token_mean_w))
 AGGREGATIONS.register("seq-mean-token-sum", Aggregation(
-    _seq_mean_token_sum, ("num_seqs",), "sum_i sum_t l_it / num_seqs"))
+    _seq_mean_token_sum, ("num_seqs",), "sum_i sum_t l_it / num_seqs", _seq_mean_token_sum_w))
 AGGREGATIONS.register("constant", Aggregation(
-    _constant, ("num_seqs", "max_completion_len"), "sum_{i,t} l_it / (num_seqs * max_completion_len)"))
+    _constant, ("num_seqs", "max_completion_len"), "sum_{i,t} l_it / (num_seqs * max_completion_len)",
+    _constant_w))
 
 
 def aggregate(name: str, loss: Tensor, valid: Tensor, **normalisers) -> Tensor:

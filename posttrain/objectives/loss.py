@@ -19,6 +19,10 @@ The composition, top to bottom (each step is its own registry or module):
               + beta * AGGREGATIONS[aggregation](KL_ESTIMATORS[kl_estimator](logp, ref_logp))
               - entropy_coef * AGGREGATIONS[aggregation](entropy)
 
+Every aggregation is linear in the per-token loss, so each term is computed as one weighted
+sum with constant token weights (`Aggregation.token_weights`), the mismatch weight and the
+entropy mask folded into the policy term's weights: the same loss, fewer autograd nodes.
+
 Parameters are keyword arguments: the surrogate's (e.g. eps_low, eps_high; tau_pos,
 tau_neg; is_cap) with the objective's defaults, and the modifiers in `MODIFIERS`, which
 every objective takes. An unknown parameter, or one that does not apply (tau_pos for grpo,
@@ -38,7 +42,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .aggregate import AGGREGATIONS
+from .aggregate import AGGREGATIONS, weighted_sum
 from .kl import KL_ESTIMATORS, kl_estimate
 from .masks import entropy_mask
 from .policy import POLICY_LOSSES, SURROGATES, PolicyObjective
@@ -59,6 +63,11 @@ MODIFIERS: Mapping[str, tuple[Any, str]] = {
     "mismatch_cap": (2.0, "C of the `*_truncate` modes"),
     "mismatch_bounds": ((0.5, 2.0), "(lo, hi) of the `*_mask` modes"),
 }
+
+
+def _const(t: Tensor) -> Tensor:
+    """t detached; t itself when it carries no gradient (skips a dispatch of `detach`)."""
+    return t.detach() if t.requires_grad else t
 
 
 def _as(t: Tensor, dt: torch.dtype) -> Tensor:
@@ -129,7 +138,7 @@ def _resolve(name: str, params: Mapping[str, Any], *, ref_logp, rollout_logp, en
         sur.check(sp)
         m, _ = _check_modifiers(name, obj, params, ref_logp=ref_logp, rollout_logp=rollout_logp, entropy=entropy)
         # the registry entries the call reads, looked up once
-        m = {**m, "_ratio": RATIOS.get(obj.ratio).fn, "_agg": AGGREGATIONS.get(m["aggregation"]).fn,
+        m = {**m, "_ratio": RATIOS.get(obj.ratio).fn, "_agg_w": AGGREGATIONS.get(m["aggregation"]).token_weights,
              "_mismatch_level": MISMATCH_MODES.get(m["mismatch"]).level}
         hit = (obj, sur, sp, m)
         if key is not None:
@@ -230,41 +239,50 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         read, and the gradient at padding is exactly 0."""
         if t is None:
             return None
-        return torch.where(valid, _as(t.detach() if detach else t, dt), zero)
+        return torch.where(valid, _as(_const(t) if detach else t, dt), zero)
 
     # log pi_theta / pi_old with padding 0, and logp cleaned where a term multiplies by it:
     # one `where` per input (a `where` costs ~5x a multiplication on CPU), the difference
     # of cleaned inputs needs none
-    raw_logp, old = _as(logp, dt), _as(old_logp.detach(), dt)
-    needs_logp = sur.uses_logp or ref_logp is not None
+    raw_logp, old = _as(logp, dt), _as(_const(old_logp), dt)
+    needs_logp = sur.uses_logp or sur.score_function or ref_logp is not None
     if needs_logp:
         logp = clean(raw_logp, detach=False)
-        log_ratio = logp - clean(old)  # (B, T)
+        # a score-function surrogate detaches the ratio: build it off the graph
+        log_ratio = (logp.detach() if sur.score_function else logp) - clean(old)  # (B, T)
     else:
         logp, log_ratio = None, clean(raw_logp - old, detach=False)
-    adv = _as(advantages.detach(), dt)
+    adv = _as(_const(advantages), dt)
     adv = adv[:, None] if adv.dim() == 1 else clean(adv)  # (B, 1) broadcasts, or (B, T)
 
     ratio = m["_ratio"](log_ratio, weight)  # (B, T), or (B, 1) per sequence
-    loss_tok = sur.fn(ratio, adv, logp, stats, **sp)  # broadcasts to (B, T)
+    # the per-token loss, or for a score-function surrogate the constant c of c * logp;
+    # broadcasts to (B, T)
+    term = sur.fn(ratio, adv, logp if sur.uses_logp else None, stats, **sp)
+    # The aggregation is linear in the per-token loss, so it is a weighted sum with constant
+    # weights W (aggregate.Aggregation.token_weights), and the per-token constants that
+    # multiply the policy term (mismatch weight, entropy mask) fold into W: fewer autograd
+    # nodes than multiplying the loss by each of them and dividing it by the normalisers.
+    agg_w = m["_agg_w"](weight, **norms)  # (B, T) constant
+    policy_w = agg_w
     if stats:
         stats.mean("ratio/mean", ratio)
         stats.max("ratio/max", ratio)
         stats.min("ratio/min", ratio)
 
     if rollout_logp is not None and (metrics or m["_mismatch_level"] != "none"):
-        w, _ = mismatch_weights(m["mismatch"], old, rollout_logp.detach().to(dt), valid,
+        w, _ = mismatch_weights(m["mismatch"], old, _as(_const(rollout_logp), dt), valid,
                                 cap=m["mismatch_cap"], bounds=m["mismatch_bounds"], stats=stats)
         if w is not None:
-            loss_tok = loss_tok * w
+            policy_w = policy_w * w
 
     if m["top_entropy_rho"] < 1 or m["entropy_threshold"] is not None:
         keep = entropy_mask(entropy, valid, rho=m["top_entropy_rho"], threshold=m["entropy_threshold"])
-        loss_tok = torch.where(keep, loss_tok, zero)
+        policy_w = torch.where(keep, policy_w, zero)
         if stats:
             stats.frac("entropy/kept_frac", keep)
 
-    loss = m["_agg"](loss_tok, weight, **norms)
+    loss = weighted_sum(logp, term * policy_w) if sur.score_function else weighted_sum(term, policy_w)
     out_metrics: dict[str, Tensor | float] = {"loss/policy": loss.detach()}
 
     if ref_logp is not None:
@@ -272,7 +290,7 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         if stats:
             stats.mean("kl/ref", kl_tok)
         if m["beta"] > 0:
-            kl = m["_agg"](kl_tok, weight, **norms)
+            kl = weighted_sum(kl_tok, agg_w)
             loss = loss + m["beta"] * kl
             out_metrics["loss/kl"] = kl.detach()
     if entropy is not None:
@@ -280,7 +298,7 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         if stats:
             stats.mean("entropy/mean", entropy)
         if m["entropy_coef"] != 0:
-            ent = m["_agg"](entropy, weight, **norms)
+            ent = weighted_sum(entropy, agg_w)
             loss = loss - m["entropy_coef"] * ent
             out_metrics["loss/entropy"] = ent.detach()
     out_metrics.update(stats.reduce())

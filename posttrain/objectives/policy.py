@@ -14,7 +14,9 @@ Every surrogate is a per-token function with signature
 `ratio` is pi_theta / pi_old at the objective's level (differentiable), `adv` the advantage,
 (B, 1) when it is one per sequence (it broadcasts; no (B, T) copy is made). `logp` is the
 policy's log-prob with padding set to 0, passed only to surrogates declared `uses_logp`
-(None otherwise, which saves the clean-up ops). `stats` (`stats.TokenStats`) collects the
+(None otherwise, which saves the clean-up ops). A surrogate declared `score_function`
+(cispo, reinforce: loss c_it * logp_it with a constant c) returns c instead of the loss,
+and `policy_loss` multiplies it with the cleaned logp inside the aggregation. `stats` (`stats.TokenStats`) collects the
 surrogate's metrics, which `policy_loss` reduces together with its own. The loss is the
 negative of the paper's objective (we minimise).
 
@@ -71,6 +73,10 @@ class Surrogate:
     """Raises ValueError on a bad parameter value (pure Python, no tensors)."""
     uses_logp: bool = False
     """Whether fn reads logp itself (else it is passed None)."""
+    score_function: bool = False
+    """fn returns the constant coefficient c_it of a score-function loss c_it * logp_it
+    (REINFORCE-type, the ratio detached) instead of the loss: `policy_loss` folds c into
+    the aggregation weights and takes one weighted sum of the cleaned logp."""
 
 
 SURROGATES: Registry[Surrogate] = Registry("surrogate")
@@ -85,10 +91,17 @@ def _check_eps(p: Mapping[str, Any]) -> None:
 
 
 def clip_surrogate(ratio, adv, logp, stats: TokenStats, *, eps_low: float, eps_high: float):
-    neg_adv = -adv  # -min(r A, c A) = max(r (-A), c (-A)): the negation on A, often (B, 1)
-    loss = torch.max(ratio * neg_adv, ratio.clamp(1 - eps_low, 1 + eps_high) * neg_adv)  # (B, T)
+    # -min(r A, c A) = max(r (-A), c (-A)), c = clip(r): the negation on A, often (B, 1).
+    # The clipped branch is a constant (clip's gradient is 0 wherever it wins the max: it
+    # wins only outside the band, and inside it equals r A), so the max is a `where` on
+    # whether it wins: the same value and gradient as torch.max of the two branches, with
+    # one cheap backward instead of the max's and the clamp's (benchmarks/objectives.py).
+    neg_adv = -adv
+    r = ratio.detach()
+    free = ratio * neg_adv  # (B, T), or (B, 1) for a sequence ratio with a per-sequence A
+    clipped = r.clamp(1 - eps_low, 1 + eps_high) * neg_adv  # constant
+    loss = torch.where(clipped > free.detach(), clipped, free)
     if stats:
-        r = ratio.detach()
         stats.frac("clip/low_frac", (adv < 0) & (r < 1 - eps_low))
         stats.frac("clip/high_frac", (adv > 0) & (r > 1 + eps_high))
     return loss
@@ -114,11 +127,12 @@ def _check_sapo(p):
 
 
 def cispo_surrogate(ratio, adv, logp, stats: TokenStats, *, is_cap: float):
+    """The coefficient sg(min(r, is_cap)) (-A) of logp (a score-function surrogate)."""
     r = ratio.detach()
-    loss = r.clamp(max=is_cap) * -adv * logp  # (B, T); -adv is (B, 1) for a per-sequence A
+    coef = r.clamp(max=is_cap) * -adv  # (B, T); -adv is (B, 1) for a per-sequence A
     if stats:
         stats.frac("cispo/capped_frac", r > is_cap)
-    return loss
+    return coef
 
 
 def _check_cispo(p):
@@ -128,8 +142,9 @@ def _check_cispo(p):
 
 def reinforce_surrogate(ratio, adv, logp, stats: TokenStats, *, eps_low: float | None,
                         eps_high: float | None):
+    """The coefficient sg(r) (-A) of logp, 0 where stale (a score-function surrogate)."""
     r = ratio.detach()
-    loss = r * -adv * logp  # (B, T); -adv is (B, 1) for a per-sequence A
+    loss = r * -adv  # (B, T); -adv is (B, 1) for a per-sequence A
     stale = None
     if eps_high is not None:
         stale = (adv > 0) & (r > 1 + eps_high)
@@ -152,11 +167,11 @@ SURROGATES.register("sapo", Surrogate(
     sapo_surrogate, {"tau_pos": 1.0, "tau_neg": 1.05},
     "-(4 / tau) sigmoid(tau (r - 1)) A, tau = tau_pos if A > 0 else tau_neg", _check_sapo))
 SURROGATES.register("cispo", Surrogate(
-    cispo_surrogate, {"is_cap": 5.0}, "-sg(min(r, is_cap)) A logp", _check_cispo, uses_logp=True))
+    cispo_surrogate, {"is_cap": 5.0}, "-sg(min(r, is_cap)) A logp", _check_cispo, score_function=True))
 SURROGATES.register("reinforce", Surrogate(
     reinforce_surrogate, {"eps_low": None, "eps_high": None},
     "-sg(r) A logp, 0 where stale (A > 0, r > 1 + eps_high or A < 0, r < 1 - eps_low)", _check_eps,
-    uses_logp=True))
+    score_function=True))
 
 
 # ---------------------------------------------------------------- objectives
