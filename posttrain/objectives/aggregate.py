@@ -123,11 +123,15 @@ def _seq_mean_token_sum(loss: Tensor, valid: Tensor, *, num_seqs: Number | None 
     return masked_sum(loss, valid) / _rows(valid, num_seqs)
 
 
-def _constant(loss: Tensor, valid: Tensor, *, num_seqs: Number | None = None,
-              max_completion_len: Number | None = None) -> Tensor:
+def _need_cap(max_completion_len: Number | None) -> None:
     if max_completion_len is None:
         raise ValueError("aggregation 'constant' needs max_completion_len (the generation cap, a "
                          "constant of the run; Dr. GRPO divides by B x max_completion_len)")
+
+
+def _constant(loss: Tensor, valid: Tensor, *, num_seqs: Number | None = None,
+              max_completion_len: Number | None = None) -> Tensor:
+    _need_cap(max_completion_len)
     return masked_sum(loss, valid) / (_rows(valid, num_seqs) * max_completion_len)
 
 
@@ -149,8 +153,7 @@ def _seq_mean_token_sum_w(weight: Tensor, *, num_seqs: Number | None = None) -> 
 
 def _constant_w(weight: Tensor, *, num_seqs: Number | None = None,
                 max_completion_len: Number | None = None) -> Tensor:
-    if max_completion_len is None:
-        raise ValueError("aggregation 'constant' needs max_completion_len")
+    _need_cap(max_completion_len)
     return weight / (_rows(weight, num_seqs) * max_completion_len)
 
 

@@ -16,8 +16,9 @@ Every surrogate is a per-token function with signature
 policy's log-prob with padding set to 0, passed only to surrogates declared `uses_logp`
 (None otherwise, which saves the clean-up ops). A surrogate declared `score_function`
 (cispo, reinforce: loss c_it * logp_it with a constant c) returns c instead of the loss,
-and `policy_loss` multiplies it with the cleaned logp inside the aggregation. `stats` (`stats.TokenStats`) collects the
-surrogate's metrics, which `policy_loss` reduces together with its own. The loss is the
+and `policy_loss` multiplies it with the cleaned logp inside the aggregation. `stats`
+(`stats.TokenStats`) collects the surrogate's metrics, which `policy_loss` reduces
+together with its own. The loss is the
 negative of the paper's objective (we minimise).
 
     clip       -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)
@@ -144,7 +145,7 @@ def reinforce_surrogate(ratio, adv, logp, stats: TokenStats, *, eps_low: float |
                         eps_high: float | None):
     """The coefficient sg(r) (-A) of logp, 0 where stale (a score-function surrogate)."""
     r = ratio.detach()
-    loss = r * -adv  # (B, T); -adv is (B, 1) for a per-sequence A
+    coef = r * -adv  # (B, T); -adv is (B, 1) for a per-sequence A
     stale = None
     if eps_high is not None:
         stale = (adv > 0) & (r > 1 + eps_high)
@@ -154,10 +155,10 @@ def reinforce_surrogate(ratio, adv, logp, stats: TokenStats, *, eps_low: float |
     if stale is None:  # no mask configured: nothing is stale, no (B, T) op spent on it
         if stats:
             stats.frac("reinforce/stale_masked_frac", torch.zeros((1, 1), dtype=torch.bool, device=r.device))
-        return loss
+        return coef
     if stats:
         stats.frac("reinforce/stale_masked_frac", stale)
-    return torch.where(stale, torch.zeros((), dtype=r.dtype, device=r.device), loss)
+    return torch.where(stale, torch.zeros((), dtype=r.dtype, device=r.device), coef)
 
 
 SURROGATES.register("clip", Surrogate(
