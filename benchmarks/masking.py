@@ -1,7 +1,8 @@
 """Padding clean-up on CPU: what NaN-safety costs against a plain 0/1 multiplication.
 
-`policy_loss` sets every input to 0 at padding with `torch.where(valid, x, 0)`, so that
-whatever sits there (even NaN or inf) is never read, forward or backward. The bare
+`policy_loss` sets every input to 0 at padding, so that whatever sits there (even NaN or
+inf) is never read, forward or backward: with `bitwise` for its constant inputs and
+`where` for the one that needs a gradient (posttrain/objectives/padding.py). The bare
 expressions of benchmarks/objectives.py mask by multiplying with the 0/1 float mask, which
 is the same math for finite inputs but lets a NaN at padding through (NaN * 0 = NaN). This
 script times the candidates on one (B, T) fp32 tensor, side by side in one run:

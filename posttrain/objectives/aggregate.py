@@ -102,6 +102,31 @@ def weighted_sum(x: Tensor, w: Tensor) -> Tensor:
     return (x * w).sum()
 
 
+class _ScoreFunctionSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, x_clean: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(w)
+        return x_clean.reshape(-1) @ w.reshape(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (w,) = ctx.saved_tensors
+        return grad * w, None, None
+
+
+def score_function_sum(x: Tensor, x_clean: Tensor, w: Tensor) -> Tensor:
+    """sum_{i,t} x_it w_it, its value read from `x_clean` (x with padding set to 0, a
+    constant) and its gradient w.r.t. x exactly w: a score-function loss c * logp.
+
+    w (B, T) must be a constant that is 0 wherever x_clean differs from x (at padding),
+    so the value is that of the cleaned x and the gradient there is 0 (for a finite
+    upstream gradient) without a backward through the clean-up: one autograd node where
+    `weighted_sum(clean(x), w)` has two and a full-size op more (benchmarks/objectives.py)."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return weighted_sum(x_clean, w)
+    return _ScoreFunctionSum.apply(x, x_clean, w)
+
+
 def _rows(valid: Tensor, num_seqs: Number | None) -> Number:
     return valid.shape[0] if num_seqs is None else num_seqs
 

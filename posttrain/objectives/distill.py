@@ -53,9 +53,9 @@ Diffusion for Flash Speculative Decoding", arXiv 2602.06036):
   its recommended gamma is 7 for B = 16, 5 for B = 10, 4 for B = 8 (the paper's setting, also
   SpecForge's DFlash training script comment), about B/2: see `decay_gamma`. gamma = inf
   gives uniform weights. alpha mixes in the hard-label CE on t_k, which is DFlash's own loss
-  when the labels are the target's greedy tokens; alpha = 0 is the recipe. The reference uses no temperature: T defaults to 1;
-  T != 1 is Hinton-style (both sides softened, times T^2 so gradients keep their scale), and
-  the CE term stays at T = 1.
+  when the labels are the target's greedy tokens; alpha = 0 is the recipe. The reference
+  uses no temperature: T defaults to 1; T != 1 is Hinton-style (both sides softened, times
+  T^2 so gradients keep their scale), and the CE term stays at T = 1.
 - eal: reference 004, M1.5: "EAL (Expected-Acceptance-Length; uniform KL position weight)",
   "directly maximize Expected Acceptance Length (reward-shaped); uniform KL weighting across
   block positions", "implemented as a negative, reward-maximizing objective (a sign flip on
@@ -229,8 +229,9 @@ class _ChunkedBlockTerms(torch.autograd.Function):
     """(draft (R, V), target (R, V), valid (R,)) -> KL, log a, T^2 KL^T (R,) with gradient to
     draft; target argmax, draft argmax (R,) without. R = N K rows, walked in chunks: nothing of
     size (R, V) is built but the gradient itself. Saved for backward: the two inputs (no
-    copies) and the target argmax. Autocast is off inside: every op runs in fp32 (or fp64). Rows with valid = 0 give 0 and get a 0 gradient, even
-    when their logits are NaN or inf (padding is never read)."""
+    copies) and the target argmax. Autocast is off inside: every op runs in fp32 (or fp64).
+    Rows with valid = 0 give 0 and get a 0 gradient, even when their logits are NaN or inf
+    (padding is never read)."""
 
     @staticmethod
     def forward(ctx, draft, target, valid, temperature, chunk):

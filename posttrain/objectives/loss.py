@@ -42,9 +42,10 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .aggregate import AGGREGATIONS, weighted_sum
+from .aggregate import AGGREGATIONS, score_function_sum, weighted_sum
 from .kl import KL_ESTIMATORS, kl_estimate
 from .masks import entropy_mask
+from .padding import Padding, zero_scalar
 from .policy import POLICY_LOSSES, SURROGATES, PolicyObjective
 from .ratio import MISMATCH_MODES, RATIOS, mismatch_weights
 from .stats import TokenStats
@@ -113,7 +114,6 @@ def _reject_unknown(name: str, obj: PolicyObjective, params: Mapping[str, Any]) 
 
 _NORMALISERS = ("num_tokens", "num_seqs", "max_completion_len")
 _RESOLVED: dict[tuple, tuple] = {}
-_ZEROS: dict[tuple, Tensor] = {}
 
 
 def _resolve(name: str, params: Mapping[str, Any], *, ref_logp, rollout_logp, entropy):
@@ -146,15 +146,6 @@ def _resolve(name: str, params: Mapping[str, Any], *, ref_logp, rollout_logp, en
                 _RESOLVED.clear()
             _RESOLVED[key] = hit
     return hit
-
-
-def _zero(dt: torch.dtype, device) -> Tensor:
-    """A cached 0-dim zero (read-only) for `where`."""
-    key = (dt, str(device))
-    z = _ZEROS.get(key)
-    if z is None:
-        z = _ZEROS[key] = torch.zeros((), dtype=dt, device=device)
-    return z
 
 
 def _check_modifiers(name, obj, params, *, ref_logp, rollout_logp, entropy):
@@ -228,10 +219,11 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
 
     dt = torch.promote_types(logp.dtype, torch.float32)
     valid = mask.bool()  # (B, T)
-    zero = _zero(dt, logp.device)
+    zero = zero_scalar(dt, logp.device)
     # Every term is finite at padding once the inputs are cleaned (log-ratio 0, so ratio and
     # weights 1 there), so aggregation and metrics weight by the 0/1 mask instead of `where`.
     weight = valid.view(torch.uint8).to(dt)  # (B, T) 0/1; uint8 -> float is the fast cast
+    pad = Padding(valid, dt)  # zeroes padding; constants by a bitwise AND (padding.py)
     stats = TokenStats(valid, dt, weight, enabled=metrics)
 
     def clean(t: Tensor | None, detach: bool = True) -> Tensor | None:
@@ -239,19 +231,20 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         read, and the gradient at padding is exactly 0."""
         if t is None:
             return None
-        return torch.where(valid, _as(_const(t) if detach else t, dt), zero)
+        return pad.zero(_as(_const(t) if detach else t, dt))
 
     # log pi_theta / pi_old with padding 0, and logp cleaned where a term multiplies by it:
-    # one `where` per input (a `where` costs ~5x a multiplication on CPU), the difference
-    # of cleaned inputs needs none
+    # one clean-up per input, the difference of cleaned inputs needs none
     raw_logp, old = _as(logp, dt), _as(_const(old_logp), dt)
-    needs_logp = sur.uses_logp or sur.score_function or ref_logp is not None
-    if needs_logp:
-        logp = clean(raw_logp, detach=False)
-        # a score-function surrogate detaches the ratio: build it off the graph
-        log_ratio = (logp.detach() if sur.score_function else logp) - clean(old)  # (B, T)
+    logp = clean(raw_logp, detach=False) if sur.uses_logp or ref_logp is not None else None
+    if sur.score_function:
+        # the ratio is detached: built off the graph, from a cleaned constant copy of logp
+        const_logp = clean(raw_logp) if logp is None else logp.detach()
+        log_ratio = const_logp - clean(old)  # (B, T)
+    elif logp is not None:
+        log_ratio = logp - clean(old)
     else:
-        logp, log_ratio = None, clean(raw_logp - old, detach=False)
+        log_ratio = clean(raw_logp - old, detach=False)
     adv = _as(_const(advantages), dt)
     adv = adv[:, None] if adv.dim() == 1 else clean(adv)  # (B, 1) broadcasts, or (B, T)
 
@@ -272,7 +265,7 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
 
     if rollout_logp is not None and (metrics or m["_mismatch_level"] != "none"):
         w, _ = mismatch_weights(m["mismatch"], old, _as(_const(rollout_logp), dt), valid,
-                                cap=m["mismatch_cap"], bounds=m["mismatch_bounds"], stats=stats)
+                                cap=m["mismatch_cap"], bounds=m["mismatch_bounds"], stats=stats, pad=pad)
         if w is not None:
             policy_w = policy_w * w
 
@@ -282,7 +275,10 @@ def policy_loss(name: str, logp: Tensor, old_logp: Tensor, advantages: Tensor, m
         if stats:
             stats.frac("entropy/kept_frac", keep)
 
-    loss = weighted_sum(logp, term * policy_w) if sur.score_function else weighted_sum(term, policy_w)
+    if sur.score_function:  # value from the cleaned copy; gradient term * policy_w, 0 at padding
+        loss = score_function_sum(raw_logp, const_logp, term * policy_w)
+    else:
+        loss = weighted_sum(term, policy_w)
     out_metrics: dict[str, Tensor | float] = {"loss/policy": loss.detach()}
 
     if ref_logp is not None:

@@ -59,6 +59,7 @@ from torch import Tensor
 from posttrain.registry import Registry
 
 from .aggregate import masked_sum
+from .padding import Padding
 from .stats import TokenStats
 
 
@@ -75,9 +76,11 @@ def masked_min(x: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid, x.detach(), torch.full_like(x, math.inf, dtype=x.dtype)).amin()
 
 
-def _log_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor) -> Tensor:
-    """(B, T) logp - old_logp, 0 at padding (so exp() there is 1, never inf)."""
-    return torch.where(valid, logp - old_logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+def _log_ratio(logp: Tensor, old_logp: Tensor, valid: Tensor, pad: Padding | None = None) -> Tensor:
+    """(B, T) logp - old_logp, 0 at padding (so exp() there is 1, never inf); `pad`, the
+    caller's `padding.Padding` for `valid`, if it has one."""
+    d = logp - old_logp
+    return (Padding(valid, d.dtype) if pad is None else pad).zero(d)
 
 
 def _seq_mean(log_ratio: Tensor, valid: Tensor) -> Tensor:
@@ -163,14 +166,16 @@ def _add_mismatch_metrics(d: Tensor, stats: TokenStats) -> None:
 
 def mismatch_weights(mode: str, old_logp: Tensor, rollout_logp: Tensor, valid: Tensor, *,
                      cap: float = 2.0, bounds: tuple[float, float] = (0.5, 2.0),
-                     stats: TokenStats | None = None) -> tuple[Tensor | None, dict[str, Tensor]]:
+                     stats: TokenStats | None = None,
+                     pad: Padding | None = None) -> tuple[Tensor | None, dict[str, Tensor]]:
     """Detached (B, T) correction weights for `mode` (None for 'none') and their metrics.
 
-    With `stats` the metrics are added to it and the returned dict is empty."""
+    With `stats` the metrics are added to it and the returned dict is empty. `pad`: the
+    caller's `padding.Padding` for `valid` (its bit mask is then built once per call)."""
     spec = MISMATCH_MODES.get(mode)
     own = stats is None
     stats = TokenStats(valid, old_logp.dtype) if own else stats
-    log_w = _log_ratio(old_logp, rollout_logp, valid).detach()  # (B, T), 0 at padding
+    log_w = _log_ratio(old_logp, rollout_logp, valid, pad).detach()  # (B, T), 0 at padding
     if stats:
         _add_mismatch_metrics(log_w, stats)
     if spec.level == "none":
