@@ -16,7 +16,7 @@ Every surrogate is a per-token function with signature
 policy's log-prob with padding set to 0, passed only to surrogates declared `uses_logp`
 (None otherwise, which saves the clean-up ops). A surrogate declared `score_function`
 (cispo, reinforce: loss c_it * logp_it with a constant c) returns c instead of the loss,
-and `policy_loss` multiplies it with the cleaned logp inside the aggregation. `stats`
+and `policy_loss` folds it into the aggregation weights (`aggregate.score_function_sum`). `stats`
 (`stats.TokenStats`) collects the surrogate's metrics, which `policy_loss` reduces
 together with its own. The loss is the
 negative of the paper's objective (we minimise).
@@ -77,7 +77,8 @@ class Surrogate:
     score_function: bool = False
     """fn returns the constant coefficient c_it of a score-function loss c_it * logp_it
     (REINFORCE-type, the ratio detached) instead of the loss: `policy_loss` folds c into
-    the aggregation weights and takes one weighted sum of the cleaned logp."""
+    the aggregation weights and takes one weighted sum of logp, one autograd node
+    (`aggregate.score_function_sum`)."""
 
 
 SURROGATES: Registry[Surrogate] = Registry("surrogate")
